@@ -1,0 +1,73 @@
+"""The ``entitwist`` command: a thin dispatcher to the subcommands.
+
+Each subcommand lives beside the code it drives and exposes ``main(argv) -> int``; it is
+imported only when called, so ``entitwist segment`` does not import Lightning and
+``entitwist fit`` does not import rasterio. Errors a user can fix
+(:class:`entitwist.errors.EntitwistError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, help line)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "fit": ("entitwist.engine.cli", "train a model (LightningCLI; --config configs/*.yaml)"),
+    "validate": ("entitwist.engine.cli", "evaluate on the validation split"),
+    "test": ("entitwist.engine.cli", "evaluate on the test split"),
+    "predict": ("entitwist.engine.cli", "write predicted masks for a split"),
+    "evaluate": ("entitwist.engine.evaluate", "score a checkpoint on a dataset split (table, JSON, CSV)"),
+    "figures": ("entitwist.engine.figures", "overlays, Pr@X curve, K sweep, stage maps, DAT PCA"),
+    "demo": ("entitwist.engine.demo", "offline demo: synthetic scenes, entities, train, evaluate"),
+    "synth": ("entitwist.data.synthetic", "generate synthetic referring scenes (JSONL folder)"),
+    "entities": ("entitwist.entities.cli", "compute entity label maps (weight-free or SAM)"),
+    "segment": ("entitwist.inference.cli", "segment an image or GeoTIFF from a sentence"),
+    "app": ("entitwist.app.server", "start the local web page"),
+    "models": ("entitwist.registry", "list the registered model names"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: entitwist <command> [options]", "", "commands:"]
+    for name, (_, help_line) in SUBCOMMANDS.items():
+        lines.append(f"  {name:<10} {help_line}")
+    lines.append("")
+    lines.append("Run 'entitwist <command> --help' for the options of one command.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from entitwist.errors import EntitwistError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        from entitwist import __version__
+
+        print(f"entitwist {__version__}")
+        return 0
+    name = argv[0]
+    if name not in SUBCOMMANDS:
+        print(
+            f"entitwist: error: unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    try:
+        # LightningCLI subcommands need their own name; the others receive only their options.
+        rc = module.main(argv if module.__name__ == "entitwist.engine.cli" else argv[1:])
+    except EntitwistError as exc:
+        print(f"entitwist: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("entitwist: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
