@@ -1,0 +1,438 @@
+"""The dataset every loader returns: referring records grouped into refs, read lazily.
+
+A *record* is one referring expression with the files it points to (image, mask). Records
+that describe the same object share a ``ref_id`` and form a *ref*. The dataset has two
+modes:
+
+- ``one_expression_per_ref=True`` (training): ``len(ds)`` is the number of refs and
+  ``ds[i]`` draws one of ref ``i``'s expressions at random each time it is indexed (the
+  paper's recipe). With ``seed=None`` the draw uses torch's global generator, which a
+  ``DataLoader`` seeds in every worker from its own ``generator`` (so seeding the loader
+  reproduces the draws, and workers never repeat each other). With ``seed=<int>`` the draw
+  is a pure function of ``(seed, epoch, i)``, independent of workers and order; call
+  :meth:`ReferringDataset.set_epoch` every epoch to change it.
+- ``one_expression_per_ref=False`` (evaluation): ``len(ds)`` is the number of expressions
+  and ``ds[i]`` is expression ``i``, in file order.
+
+A sample is a dict (ARCHITECTURE.md): ``image`` uint8 ``(H, W, 3)``, ``mask`` uint8
+``(H, W)`` 0/1, ``expression`` str, ``sample_id``, ``image_id``, ``ref_id``, ``image_key``
+str, ``orig_size`` ``(H, W)``, and ``entities`` uint8 ``(H, W)`` when an entity store is
+attached. ``transform`` (e.g. :class:`entitwist.data.transforms.ReferringTransform`) is
+applied last.
+
+Repairs: a mask or entity map whose size differs from its image is resized to the image
+(nearest); the first one warns (:class:`DataWarning`) and all are counted in
+``ds.repairs`` (per process: DataLoader workers count their own).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from entitwist.data.io import read_image, read_label_map, read_mask, resize_nearest
+from entitwist.errors import DataError
+
+__all__ = [
+    "DataWarning",
+    "Record",
+    "MaskFile",
+    "ReferringDataset",
+    "image_key",
+    "resolve_entity_dir",
+    "check_files_exist",
+    "read_text_lines",
+    "parse_phrase_file",
+    "unique_ids",
+    "check_split",
+    "check_root",
+    "warn_skipped",
+]
+
+DEFAULT_MAX_ENTITIES = 40
+
+
+class DataWarning(UserWarning):
+    """A dataset problem that was repaired (a resized mask, a skipped line); counted."""
+
+
+@dataclass(frozen=True)
+class MaskFile:
+    """A mask stored as an image file; pixels ``> threshold`` are the object."""
+
+    path: Path
+    threshold: float = 0
+
+    def __call__(self) -> np.ndarray:
+        return read_mask(self.path, self.threshold)  # (H, W) uint8 0/1
+
+
+@dataclass(frozen=True)
+class Record:
+    """One referring expression and where its image and mask come from.
+
+    ``mask`` is a picklable callable returning a uint8 ``(h, w)`` 0/1 array (a
+    :class:`MaskFile`, or a polygon/RLE decoder for RRSIS-D). ``image_key`` is the image path
+    relative to the dataset root without suffix: the key of the entity store.
+    """
+
+    sample_id: str
+    expression: str
+    image_path: Path
+    image_key: str
+    image_id: str
+    ref_id: str
+    mask: Callable[[], np.ndarray]
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def image_key(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """The entity-store key of an image: its path relative to ``root``, no suffix, ``/``."""
+    rel = Path(os.path.relpath(Path(path), Path(root)))
+    return rel.with_suffix("").as_posix()
+
+
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """Read a UTF-8 text file (BOM allowed) into lines; one-line DataError when it fails."""
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}; check the dataset root and split name")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line} is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "re-save the file as UTF-8"
+        ) from exc
+    return text.splitlines()
+
+
+def check_files_exist(paths: Iterable[Path], listed_in: str, what: str) -> None:
+    """Raise one DataError naming the first missing file and how many are missing."""
+    missing = [p for p in dict.fromkeys(paths) if not p.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(
+            f"{what} listed in {listed_in} not found: {missing[0]}{more}; restore the missing "
+            "files or remove their lines"
+        )
+
+
+def _entity_command(root: Path, tag: str | None) -> str:
+    gen = f" --generator {tag}" if tag else ""
+    return f"`entitwist entities {root}{gen}`"
+
+
+def resolve_entity_dir(
+    root: Path, entities: str | os.PathLike | None, *, tag_required: bool = False
+) -> tuple[Path | None, str | None]:
+    """Where the entity label maps of ``root`` are, or ``(None, None)`` for no entities.
+
+    ``entities`` is ``None`` (never attach), ``"auto"`` (attach ``<root>/entities/<tag>``
+    when exactly one generator tag is stored; several tags is an error asking to choose),
+    a tag name (``<root>/entities/<tag>`` must exist) or a folder path. Returns the folder
+    and the tag (the folder name).
+    """
+    if entities is None:
+        return None, None
+    base = root / "entities"
+    if isinstance(entities, str) and entities == "auto":
+        if not base.is_dir():
+            return None, None
+        tags = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not tags:
+            return None, None
+        if len(tags) > 1:
+            raise DataError(
+                f"{base} holds several entity stores ({', '.join(tags)}); choose one with "
+                f"entities='<tag>' (e.g. entities={tags[0]!r}) or entities=None"
+            )
+        return base / tags[0], tags[0]
+    text = os.fspath(entities)
+    looks_like_path = os.sep in text or "/" in text or Path(text).is_absolute()
+    if not looks_like_path:
+        folder = base / text
+        if not folder.is_dir():
+            raise DataError(
+                f"entity store {folder} not found; compute it with {_entity_command(root, text)} "
+                "or pass entities=None"
+            )
+        return folder, text
+    folder = Path(text)
+    if not folder.is_dir():
+        raise DataError(
+            f"entity store folder {folder} not found; compute it with "
+            f"{_entity_command(root, None)} or pass entities=None"
+        )
+    return folder, folder.name
+
+
+class _EntityReader:
+    """Reads ``<dir>/<image-key>.png`` (through ``entitwist.entities.EntityStore`` when present)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._store = None
+        try:
+            from entitwist.entities import EntityStore  # type: ignore[attr-defined]
+
+            self._store = EntityStore(folder)
+        except Exception:  # not implemented yet / store class unavailable: read the PNGs
+            self._store = None
+
+    def path_for(self, key: str) -> Path:
+        if self._store is not None and hasattr(self._store, "path_for"):
+            return Path(self._store.path_for(key))
+        return self.folder / f"{key}.png"
+
+    def load(self, key: str) -> np.ndarray | None:
+        path = self.path_for(key)
+        if not path.is_file():
+            return None
+        return read_label_map(path)  # (H, W) uint8
+
+
+class ReferringDataset(Dataset):
+    """Referring-segmentation samples read lazily from disk (see the module docstring).
+
+    Args:
+        records: the expressions of the split, in file order.
+        name: dataset name, for messages.
+        root: dataset root.
+        split: split name, for messages.
+        transform: callable applied to the sample dict last (or ``None``).
+        entity_dir: folder of entity label maps to attach (``None``: none).
+        entity_tag: generator tag of that folder, for messages.
+        one_expression_per_ref: training mode (one random expression per ref) when True.
+        max_entities: K; a stored label map with a label above K is a DataError.
+        seed: ``None``, an int, or a ``torch.Generator`` (an int is drawn from it once).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        *,
+        name: str,
+        root: Path,
+        split: str,
+        transform: Callable[[dict], Any] | None = None,
+        entity_dir: Path | None = None,
+        entity_tag: str | None = None,
+        one_expression_per_ref: bool = False,
+        max_entities: int = DEFAULT_MAX_ENTITIES,
+        seed: int | torch.Generator | None = None,
+    ) -> None:
+        if not records:
+            raise DataError(
+                f"split {split!r} of {name} dataset at {root} has no samples; check the split "
+                "name and the annotation files"
+            )
+        if not 0 <= int(max_entities) <= 255:
+            raise DataError(f"max_entities={max_entities} is out of range; use 0..255")
+        self.records = list(records)
+        self.name = name
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.one_expression_per_ref = bool(one_expression_per_ref)
+        self.max_entities = int(max_entities)
+        if isinstance(seed, torch.Generator):
+            seed = int(torch.randint(0, 2**62, (1,), generator=seed).item())
+        self.seed = seed
+        self.epoch = 0
+        self.repairs: Counter[str] = Counter()
+        self._warned: set[str] = set()
+
+        groups: dict[str, list[int]] = {}
+        for i, rec in enumerate(self.records):
+            groups.setdefault(rec.ref_id, []).append(i)
+        self.ref_ids: list[str] = list(groups)
+        self.refs: list[list[int]] = list(groups.values())
+
+        self.entity_dir = entity_dir
+        self.entity_tag = entity_tag
+        self._entities = _EntityReader(entity_dir) if entity_dir is not None else None
+        if self._entities is not None:
+            self._check_entity_maps()
+
+    # ------------------------------------------------------------------ structure
+    def __len__(self) -> int:
+        return len(self.refs) if self.one_expression_per_ref else len(self.records)
+
+    @property
+    def num_refs(self) -> int:
+        return len(self.refs)
+
+    @property
+    def num_expressions(self) -> int:
+        return len(self.records)
+
+    def images(self) -> dict[str, Path]:
+        """Unique images of the split: entity-store key -> image path (file order)."""
+        return {rec.image_key: rec.image_path for rec in self.records}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the seeded expression draw (only matters with ``seed=<int>``)."""
+        self.epoch = int(epoch)
+
+    def __repr__(self) -> str:
+        mode = "one expression per ref" if self.one_expression_per_ref else "every expression"
+        ent = f", entities={self.entity_tag!r}" if self.entity_dir else ""
+        return (
+            f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "
+            f"expressions={len(self.records)}, refs={len(self.refs)}, {mode}{ent})"
+        )
+
+    # ------------------------------------------------------------------ reading
+    def record_index(self, index: int) -> int:
+        """Index into ``self.records`` of the expression that ``ds[index]`` returns now.
+
+        In training mode this draws (see the module docstring), so call it once per access.
+        """
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} samples")
+        index %= n
+        if not self.one_expression_per_ref:
+            return index
+        members = self.refs[index]
+        if len(members) == 1:
+            return members[0]
+        if self.seed is None:
+            k = int(torch.randint(len(members), (1,)).item())
+        else:
+            k = int(np.random.default_rng([self.seed, self.epoch, index]).integers(len(members)))
+        return members[k]
+
+    def __getitem__(self, index: int) -> Any:
+        rec = self.records[self.record_index(index)]
+        sample = self.load_record(rec)
+        return self.transform(sample) if self.transform is not None else sample
+
+    def load_record(self, rec: Record) -> dict[str, Any]:
+        """Read one record into the raw sample dict (no transform)."""
+        image = read_image(rec.image_path)  # (H, W, 3) uint8
+        h, w = image.shape[:2]
+        mask = rec.mask()  # (h', w') uint8 0/1
+        if mask.shape != (h, w):
+            mask = self._repair(mask, (h, w), "mask", rec)
+        sample: dict[str, Any] = {
+            "image": image,
+            "mask": mask,
+            "expression": rec.expression,
+            "sample_id": rec.sample_id,
+            "image_id": rec.image_id,
+            "ref_id": rec.ref_id,
+            "image_key": rec.image_key,
+            "orig_size": (h, w),
+        }
+        if self._entities is not None:
+            labels = self._entities.load(rec.image_key)
+            if labels is None:
+                raise DataError(
+                    f"no entity map for image {rec.image_key!r} in {self.entity_dir}; run "
+                    f"{_entity_command(self.root, self.entity_tag)} or pass entities=None"
+                )
+            top = int(labels.max()) if labels.size else 0
+            if top > self.max_entities:
+                raise DataError(
+                    f"entity map {self._entities.path_for(rec.image_key)} has label {top} > "
+                    f"max_entities={self.max_entities}; recompute it with --max-entities "
+                    f"{self.max_entities} or raise max_entities"
+                )
+            if labels.shape != (h, w):
+                labels = self._repair(labels, (h, w), "entities", rec)
+            sample["entities"] = labels  # (H, W) uint8
+        return sample
+
+    def _repair(self, arr: np.ndarray, size: tuple[int, int], kind: str, rec: Record) -> np.ndarray:
+        self.repairs[f"{kind}_resized"] += 1
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(
+                f"{self.name}: {kind} of sample {rec.sample_id!r} is {arr.shape[1]}x{arr.shape[0]} "
+                f"but its image is {size[1]}x{size[0]}; resized to the image (nearest). Further "
+                f"cases are not warned, only counted in dataset.repairs['{kind}_resized']",
+                DataWarning,
+                stacklevel=3,
+            )
+        return resize_nearest(arr, size)
+
+    def _check_entity_maps(self) -> None:
+        assert self._entities is not None
+        keys = list(self.images())
+        missing = [k for k in keys if not self._entities.path_for(k).is_file()]
+        if missing:
+            raise DataError(
+                f"{len(missing)} of {len(keys)} images of {self.name} split {self.split!r} have "
+                f"no entity map in {self.entity_dir} (first: {missing[0]!r}); run "
+                f"{_entity_command(self.root, self.entity_tag)} or pass entities=None"
+            )
+
+
+def warn_skipped(kind: str, places: list[str], fix: str) -> None:
+    """One counted warning for lines that were skipped (naming up to five ``file:line``)."""
+    if not places:
+        return
+    shown = ", ".join(places[:5]) + (f", ... ({len(places) - 5} more)" if len(places) > 5 else "")
+    warnings.warn(f"skipped {len(places)} {kind}: {shown}; {fix}", DataWarning, stacklevel=3)
+
+
+def parse_phrase_file(path: Path, what: str = "split file") -> list[tuple[int, str, str]]:
+    """Parse ``<key> <sentence>`` lines (RefSegRS / RISBench ``output_phrase_*.txt``).
+
+    Returns ``(line_number, key, sentence)`` in file order. Blank lines are ignored; a line
+    with a key but no sentence is skipped with one counted :class:`DataWarning` for the file.
+    """
+    out: list[tuple[int, str, str]] = []
+    empty: list[str] = []
+    for lineno, line in enumerate(read_text_lines(path, what), start=1):
+        text = line.strip()
+        if not text:
+            continue
+        parts = text.split(None, 1)  # key, then the sentence after the first whitespace
+        key, sentence = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+        if not sentence:
+            empty.append(f"{path.name}:{lineno}")
+            continue
+        out.append((lineno, key, sentence))
+    warn_skipped("phrase lines with no text", empty, f"add the sentence to those lines of {path}")
+    return out
+
+
+def unique_ids(keys: Sequence[str]) -> list[str]:
+    """Sample ids from keys: the key itself, or ``key#k`` for its k-th repeat (k >= 1)."""
+    seen: Counter[str] = Counter()
+    out = []
+    for key in keys:
+        out.append(key if seen[key] == 0 else f"{key}#{seen[key]}")
+        seen[key] += 1
+    return out
+
+
+def check_split(name: str, split: str, splits: Sequence[str]) -> None:
+    """ConfigError for a split name the dataset does not have."""
+    from entitwist.errors import ConfigError
+
+    if split not in splits:
+        raise ConfigError(f"unknown split {split!r} for {name}; choose one of: {', '.join(splits)}")
+
+
+def check_root(name: str, root: str | os.PathLike) -> Path:
+    """The dataset root as a Path; DataError when it is not a folder."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(
+            f"{name} dataset root not found: {path}; pass the folder that holds the dataset"
+        )
+    return path

@@ -1,0 +1,88 @@
+"""RISBench (Dong et al., 2024): 52,472 triplets at 512x512, test 16,159.
+
+Official layout under ``root``::
+
+    img_rgb/<file>.png           RGB image
+    mask/<file>.png              mask; pixels > 0 are the object
+    output_phrase_train.txt      one "<file.png> <sentence>" a line
+    output_phrase_val.txt
+    output_phrase_test.txt
+
+``ref_id`` is the mask file's stem (repeated file names form one ref); ``image_id`` is the
+image file's stem.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from entitwist.data.base import (
+    DEFAULT_MAX_ENTITIES,
+    MaskFile,
+    Record,
+    ReferringDataset,
+    check_files_exist,
+    check_root,
+    check_split,
+    image_key,
+    parse_phrase_file,
+    resolve_entity_dir,
+    unique_ids,
+)
+
+__all__ = ["SPLITS", "load_risbench"]
+
+SPLITS = ("train", "val", "test")
+
+
+def load_risbench(
+    root: str | os.PathLike,
+    split: str,
+    *,
+    transform: Callable[[dict], Any] | None = None,
+    entities: str | os.PathLike | None = "auto",
+    one_expression_per_ref: bool = False,
+    max_entities: int = DEFAULT_MAX_ENTITIES,
+    seed: int | torch.Generator | None = None,
+    mask_threshold: float = 0,
+) -> ReferringDataset:
+    """RISBench split ``split`` (train/val/test) as a :class:`ReferringDataset`."""
+    root = check_root("risbench", root)
+    check_split("risbench", split, SPLITS)
+    phrase_file = root / f"output_phrase_{split}.txt"
+    lines = parse_phrase_file(phrase_file)
+    stems = [Path(name).stem for _, name, _ in lines]
+    records = []
+    for (_, name, sentence), stem, sid in zip(lines, stems, unique_ids(stems)):
+        image_path = root / "img_rgb" / name
+        records.append(
+            Record(
+                sample_id=sid,
+                expression=sentence,
+                image_path=image_path,
+                image_key=image_key(image_path, root),
+                image_id=stem,
+                ref_id=stem,
+                mask=MaskFile(root / "mask" / name, mask_threshold),
+            )
+        )
+    check_files_exist((r.image_path for r in records), str(phrase_file), "images")
+    check_files_exist((r.mask.path for r in records), str(phrase_file), "masks")  # type: ignore[attr-defined]
+    entity_dir, tag = resolve_entity_dir(root, entities)
+    return ReferringDataset(
+        records,
+        name="risbench",
+        root=root,
+        split=split,
+        transform=transform,
+        entity_dir=entity_dir,
+        entity_tag=tag,
+        one_expression_per_ref=one_expression_per_ref,
+        max_entities=max_entities,
+        seed=seed,
+    )
