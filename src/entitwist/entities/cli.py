@@ -1,0 +1,438 @@
+"""``entitwist entities``: compute entity label maps for every image of a dataset root.
+
+Finds the images in the dataset's own layout (DESIGN.md section 5), computes one label map
+per image with the chosen generator, and writes it to the entity store
+``<root>/entities/<tag>/<image key>.png`` (or ``<--out>/<tag>/...``). Resumable (images
+whose map exists are skipped), shardable (``--shard i/n`` keeps the images whose key's
+SHA-1 is i modulo n, stable across machines and listings), atomic (a killed run leaves no
+partial map), with a progress bar and a summary.
+
+Exit status: 0 when every image got its map; 1 when some images could not be read or
+segmented (each is reported on stderr, the others are finished, rerunning retries only
+those); 2 for bad options or inputs (via ``entitwist.cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from entitwist.errors import ConfigError, DataError, EntitwistError
+
+DATASETS = ("auto", "jsonl", "refsegrs", "rrsisd", "risbench", "folder")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+# --- reading images ----------------------------------------------------------------------
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 (H, W, 3) RGB.
+
+    Grey images are copied to three channels, 16-bit and float images are scaled by their
+    min..max to 0..255, alpha is dropped. Raises :class:`DataError` for an unreadable file.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in {"RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr", "1", "PA"}:
+                return np.asarray(im.convert("RGB"))
+            arr = np.asarray(im)
+    except FileNotFoundError as exc:
+        raise DataError(f"image {path} is listed but absent") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        arr = _read_with_tifffile(path, exc)
+    return _to_uint8_rgb(arr, path)
+
+
+def _read_with_tifffile(path: Path, error: Exception) -> np.ndarray:
+    if path.suffix.lower() in {".tif", ".tiff"}:
+        try:
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        except Exception:  # noqa: BLE001 - fall through to the one-line error below
+            pass
+    raise DataError(f"image {path} is corrupt or unreadable ({type(error).__name__}: {error})")
+
+
+def _to_uint8_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] == 0:
+        raise DataError(f"image {path} has shape {arr.shape}; expected (H, W) or (H, W, C)")
+    arr = arr[..., :3] if arr.shape[2] >= 3 else np.repeat(arr[..., :1], 3, axis=2)
+    if arr.dtype != np.uint8:
+        a = arr.astype(np.float64)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
+        arr = np.nan_to_num(a).round().astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+# --- listing the images of a dataset root --------------------------------------------------
+
+
+def detect_layout(root: Path) -> str:
+    """Guess the dataset layout of ``root`` (see :data:`DATASETS`)."""
+    if (root / "annotations.jsonl").is_file():
+        return "jsonl"
+    if (root / "images" / "rrsisd" / "JPEGImages").is_dir():
+        return "rrsisd"
+    if (root / "img_rgb").is_dir():
+        return "risbench"
+    if (root / "images").is_dir() and any((root / "images").glob("*.tif")):
+        return "refsegrs"
+    return "folder"
+
+
+def _glob_sorted(folder: Path, patterns: tuple[str, ...], what: str) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"{what} image folder {folder} not found; check ROOT and --dataset")
+    found = {p for pat in patterns for p in folder.glob(pat) if p.is_file()}
+    return sorted(p for p in found if not p.name.startswith("."))
+
+
+def _jsonl_images(root: Path) -> list[Path]:
+    ann = root / "annotations.jsonl"
+    if not ann.is_file():
+        raise DataError(f"{ann} not found; a JSONL dataset root holds annotations.jsonl")
+    seen: dict[str, Path] = {}
+    try:
+        lines = ann.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{ann} is not UTF-8 text; re-save it as UTF-8") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{ann} line {number} is not JSON ({exc.msg}); fix that line") from exc
+        image = row.get("image") if isinstance(row, dict) else None
+        if not isinstance(image, str) or not image:
+            raise DataError(f"{ann} line {number} has no 'image' field; add the image path")
+        if image in seen:
+            continue
+        path = root / image
+        if not path.exists() and (root / "images" / image).exists():
+            path = root / "images" / image  # bare file names inside images/
+        seen[image] = path
+    return sorted(set(seen.values()))
+
+
+def _folder_images(root: Path, exclude: list[Path]) -> list[Path]:
+    excluded = [p.resolve() for p in exclude]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".")
+            and not any((here / d).resolve() == e for e in excluded)
+            and not (here == root and d == "entities")
+        )
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                out.append(here / name)
+    return sorted(out)
+
+
+def list_images(
+    root: str | os.PathLike, dataset: str = "auto", exclude: list[Path] = ()
+) -> list[Path]:
+    """Image files of a dataset root, sorted, each listed once.
+
+    RefSegRS ``images/*.tif``; RRSIS-D ``images/rrsisd/JPEGImages/*.jpg``; RISBench
+    ``img_rgb/*.png``; JSONL the distinct ``image`` fields of ``annotations.jsonl``
+    (relative to ROOT, or to ROOT/images for bare names); folder every image under ROOT
+    except hidden files, ``ROOT/entities`` and ``exclude``.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"dataset root {root} does not exist; check the path")
+    if not root.is_dir():
+        raise DataError(f"dataset root {root} is not a folder")
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset == "auto":
+        dataset = detect_layout(root)
+    if dataset == "jsonl":
+        images = _jsonl_images(root)
+    elif dataset == "refsegrs":
+        images = _glob_sorted(root / "images", ("*.tif", "*.tiff"), "RefSegRS")
+    elif dataset == "rrsisd":
+        images = _glob_sorted(
+            root / "images" / "rrsisd" / "JPEGImages", ("*.jpg", "*.jpeg"), "RRSIS-D"
+        )
+    elif dataset == "risbench":
+        images = _glob_sorted(root / "img_rgb", ("*.png",), "RISBench")
+    else:
+        images = _folder_images(root, list(exclude))
+    if not images:
+        raise DataError(
+            f"no images found under {root} as a {dataset} dataset; check ROOT and --dataset"
+        )
+    return images
+
+
+# --- sharding ------------------------------------------------------------------------------
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    parts = text.split("/")
+    try:
+        i, n = (int(p) for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        i, n = None, None
+    if i is None or n is None or n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {text!r} is not i/n with 0 <= i < n (e.g. --shard 0/4)")
+    return i, n
+
+
+def in_shard(key: str, shard: tuple[int, int]) -> bool:
+    """True when ``key`` belongs to shard i of n (SHA-1 of the key modulo n)."""
+    i, n = shard
+    return int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16) % n == i
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"--param {text!r} is not KEY=VALUE (e.g. --param scale=200)")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+# --- the work ------------------------------------------------------------------------------
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(gen_name: str, gen_kwargs: dict[str, Any], store_dir: str, k: int) -> None:
+    from entitwist.entities.generators import get_generator
+    from entitwist.entities.store import EntityStore
+
+    _STATE["generator"] = get_generator(gen_name, **gen_kwargs)
+    _STATE["store"] = EntityStore(store_dir)
+    _STATE["k"] = k
+
+
+def _work(item: tuple[str, str]) -> dict[str, Any]:
+    from entitwist.entities.labelmap import compute_entities_with_count, entity_count
+
+    key, path = item
+    start = time.perf_counter()
+    try:
+        image = read_image(path)
+        labels, n_masks = compute_entities_with_count(image, _STATE["generator"], _STATE["k"])
+        _STATE["store"].save(key, labels)
+    except EntitwistError as exc:
+        return {"key": key, "path": path, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - report, count, and go on with the others
+        return {"key": key, "path": path, "error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "key": key,
+        "path": path,
+        "masks": n_masks,
+        "entities": entity_count(labels),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _stats(values: list[float], fmt: str) -> str:
+    if not values:
+        return "n/a"
+    return f"mean {np.mean(values):{fmt}}, min {min(values):{fmt}}, max {max(values):{fmt}}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from entitwist.entities.generators import DEFAULT_GENERATOR, GENERATORS
+
+    parser = argparse.ArgumentParser(
+        prog="entitwist entities",
+        description="Compute entity label maps (uint8 PNG, 0 = none, 1..K) for every image "
+        "of a dataset root into <ROOT>/entities/<tag>/ (resumable, shardable).",
+        epilog="Exit status: 0 all maps written; 1 some images failed (listed on stderr, "
+        "rerun to retry them); 2 bad options or inputs.",
+    )
+    parser.add_argument("root", help="dataset root (or any folder of images with --dataset folder)")
+    parser.add_argument(
+        "--dataset", default="auto", choices=DATASETS, help="layout of ROOT (default: detect)"
+    )
+    parser.add_argument(
+        "--generator", default=DEFAULT_GENERATOR, help=f"one of {', '.join(GENERATORS)}"
+    )
+    parser.add_argument(
+        "--checkpoint", help="sam: SAM .pth state dict; hf-sam: model folder or cached id"
+    )
+    parser.add_argument("--model-type", help="sam: builder name (vit_b default, vit_l, vit_h)")
+    parser.add_argument("--points-per-side", type=int, help="sam/hf-sam: point grid per side (32)")
+    parser.add_argument("--device", help="sam/hf-sam: torch device (default cuda if available)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other generator parameter, repeatable (e.g. --param scale=200)",
+    )
+    parser.add_argument(
+        "--max-entities", type=int, default=40, help="K, masks kept per image (1..255)"
+    )
+    parser.add_argument("--shard", default="0/1", help="i/n: only images whose key hash mod n == i")
+    parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    parser.add_argument("--limit", type=int, help="only the first N images of this shard")
+    parser.add_argument("--out", help="store root instead of ROOT/entities (maps go to OUT/<tag>/)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _generator_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(_parse_param(p) for p in args.param)
+    sam_like = args.generator in {"sam", "hf-sam"}
+    for flag, value, key in (
+        ("--checkpoint", args.checkpoint, "checkpoint"),
+        ("--model-type", args.model_type, "model_type"),
+        ("--points-per-side", args.points_per_side, "points_per_side"),
+        ("--device", args.device, "device"),
+    ):
+        if value is None:
+            continue
+        if not sam_like or (key == "model_type" and args.generator != "sam"):
+            raise ConfigError(f"{flag} does not apply to --generator {args.generator}")
+        kwargs[key] = value
+    return kwargs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``entitwist entities``; returns the exit status (see the module docstring)."""
+    from entitwist.entities.generators import get_generator
+    from entitwist.entities.labelmap import check_max_entities
+    from entitwist.entities.store import EntityStore, default_store_dir, image_key
+
+    args = build_parser().parse_args(argv)
+    k = check_max_entities(args.max_entities)
+    shard = parse_shard(args.shard)
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers} must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit} must be at least 1")
+    root = Path(args.root)
+    if not root.is_dir():
+        raise DataError(f"dataset root {root} does not exist or is not a folder; check the path")
+
+    gen_kwargs = _generator_kwargs(args)
+    generator = get_generator(args.generator, **gen_kwargs)
+    store_dir = default_store_dir(root, generator, k, out=args.out)
+    exclude = [store_dir.parent] if args.out else []
+    images = list_images(root, args.dataset, exclude=exclude)
+    items = [(image_key(root, p), str(p)) for p in images]
+    items = [it for it in items if in_shard(it[0], shard)]
+    if args.limit is not None:
+        items = items[: args.limit]
+
+    store = EntityStore(store_dir, generator=generator, max_entities=k)
+    store.remove_stale_temporaries()
+    todo = [it for it in items if not store.has(it[0])]
+    skipped = len(items) - len(todo)
+
+    print(
+        f"entitwist entities: {len(items)} images (shard {shard[0]}/{shard[1]}), "
+        f"{skipped} already stored, generator {generator.name} {json.dumps(generator.params)}, "
+        f"K={k} -> {store_dir}",
+        file=sys.stderr,
+    )
+    results = _run(todo, args, gen_kwargs, str(store_dir), k, generator)
+
+    done = [r for r in results if "error" not in r]
+    failed = [r for r in results if "error" in r]
+    print(
+        f"images: {len(items)} in shard, {len(done)} done, {skipped} skipped (stored), {len(failed)} failed"
+    )
+    print(f"masks per image: {_stats([r['masks'] for r in done], '.1f')}")
+    print(f"entities per map (K={k}): {_stats([r['entities'] for r in done], '.1f')}")
+    wall = results.wall
+    per = [r["seconds"] for r in done]
+    print(
+        f"seconds per image: {np.mean(per) if per else 0.0:.3f} compute, "
+        f"{wall / max(len(results), 1):.3f} wall ({args.workers} worker(s), {wall:.1f} s total)"
+    )
+    print(f"store: {store_dir}")
+    if failed:
+        print(
+            f"entitwist: {len(failed)} image(s) failed; fix or remove them and rerun",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+class _Results(list):
+    wall: float = 0.0
+
+
+def _run(
+    todo: list[tuple[str, str]],
+    args: argparse.Namespace,
+    gen_kwargs: dict[str, Any],
+    store_dir: str,
+    k: int,
+    generator: Any,
+) -> _Results:
+    from tqdm import tqdm
+
+    results = _Results()
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="img", desc="entities", disable=args.quiet or not todo)
+
+    def collect(r: dict[str, Any]) -> None:
+        results.append(r)
+        if "error" in r:
+            tqdm.write(f"entitwist: warning: {r['path']}: {r['error']}", file=sys.stderr)
+        bar.update(1)
+
+    try:
+        if args.workers == 1 or len(todo) <= 1:
+            from entitwist.entities.store import EntityStore
+
+            _STATE.update(generator=generator, store=EntityStore(store_dir), k=k)
+            for item in todo:
+                collect(_work(item))
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # safe with torch threads (SAM); skimage does not care
+            with ctx.Pool(
+                processes=args.workers,
+                initializer=_init_worker,
+                initargs=(args.generator, gen_kwargs, store_dir, k),
+            ) as pool:
+                for r in pool.imap_unordered(_work, todo, chunksize=1):
+                    collect(r)
+    finally:
+        bar.close()
+        _STATE.clear()
+    results.wall = time.perf_counter() - start
+    return results
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""The entity store: one uint8 label-map PNG per image plus a manifest.
+
+Layout::
+
+    <dataset root>/entities/<tag>/manifest.json
+    <dataset root>/entities/<tag>/<image key>.png
+
+The *image key* is the image's path relative to the dataset root without its suffix
+(``images/scene_0001``); keys with folders make folders. Maps are at the image's own size,
+0 = no entity, 1..K. Keyed by image, not by expression (datasets reuse images).
+
+The *tag* is the generator name (``felzenszwalb``, ``sam``, ...) when its output-changing
+parameters and K are the defaults, else ``<name>-<8 hex>``, the first 8 hex digits of the
+SHA-256 of the canonical JSON of ``{"params": ..., "max_entities": K}``. So stores made with
+other settings sit side by side instead of mixing.
+
+``manifest.json`` records the generator name, its parameters, the checkpoint SHA-256, K, the
+entitwist version and the creation time. Opening a store for a generator whose name,
+parameters, checkpoint hash or K differ from the manifest raises :class:`DataError`.
+
+Every file is written atomically (a hidden ``.<name>.<random>.tmp.png`` beside the target,
+renamed on success), so a killed run never leaves a truncated ``<key>.png``;
+:meth:`EntityStore.remove_stale_temporaries` deletes leftovers of killed runs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from entitwist.errors import DataError, InputError
+from entitwist.utils import atomic_path, atomic_write_bytes
+
+MANIFEST = "manifest.json"
+FORMAT = "entitwist-entities/1"
+_COMPARED = ("generator", "params", "checkpoint_sha256", "max_entities")
+
+
+def _canonical(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def store_tag(generator: Any, max_entities: int = 40) -> str:
+    """Folder name of a generator's store under ``<root>/entities/`` (see the module doc)."""
+    from entitwist.entities.labelmap import MAX_ENTITIES
+
+    defaults = getattr(generator, "DEFAULTS", None)
+    if generator.params == defaults and max_entities == MAX_ENTITIES:
+        return generator.name
+    blob = json.dumps({"params": generator.params, "max_entities": max_entities}, sort_keys=True)
+    return f"{generator.name}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+def default_store_dir(
+    root: str | os.PathLike, generator: Any, max_entities: int = 40, out: str | None = None
+) -> Path:
+    """``<out or root/entities>/<tag>``: where ``entitwist entities`` writes by default."""
+    base = Path(out) if out is not None else Path(root) / "entities"
+    return base / store_tag(generator, max_entities)
+
+
+def image_key(root: str | os.PathLike, image_path: str | os.PathLike) -> str:
+    """Key of an image: its path relative to ``root``, POSIX separators, suffix removed."""
+    rel = Path(os.path.abspath(image_path)).relative_to(os.path.abspath(root))
+    rel_posix = PurePosixPath(*rel.parts)
+    return str(rel_posix.with_suffix("")) if rel_posix.suffix else str(rel_posix)
+
+
+def find_store(root: str | os.PathLike, tag: str | None = None) -> EntityStore | None:
+    """The store under ``<root>/entities``: ``tag`` if given, else the only one there.
+
+    Returns ``None`` when there is none; raises :class:`DataError` when ``tag`` is missing
+    or several stores exist and no tag is given.
+    """
+    base = Path(root) / "entities"
+    if tag is not None:
+        if not (base / tag / MANIFEST).is_file():
+            raise DataError(
+                f"no entity store {base / tag}; run: entitwist entities {root} (see --generator)"
+            )
+        return EntityStore(base / tag)
+    if not base.is_dir():
+        return None
+    stores = sorted(p.name for p in base.iterdir() if (p / MANIFEST).is_file())
+    if not stores:
+        return None
+    if len(stores) > 1:
+        raise DataError(
+            f"several entity stores under {base} ({', '.join(stores)}); choose one by path"
+        )
+    return EntityStore(base / stores[0])
+
+
+class EntityStore:
+    """A folder of entity label maps plus ``manifest.json``.
+
+    Args:
+        directory: the store folder (``<root>/entities/<tag>``).
+        generator: when given, the store is created for it (folder and manifest) or, if it
+            exists, checked against it: another generator, parameters, checkpoint or K raise
+            :class:`DataError`. When ``None`` the store is opened as it is (reading, or
+            saving without a manifest).
+        max_entities: K recorded in / checked against the manifest (with ``generator``).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        generator: Any = None,
+        max_entities: int = 40,
+    ) -> None:
+        self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise DataError(
+                f"entity store path {self.directory} is a file, not a folder; choose another --out"
+            )
+        self.manifest: dict[str, Any] | None = self._read_manifest()
+        if generator is not None:
+            self._bind(generator, max_entities)
+
+    # -- manifest -------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST
+
+    @property
+    def max_entities(self) -> int | None:
+        """K from the manifest, or ``None`` when there is no manifest."""
+        return None if self.manifest is None else int(self.manifest["max_entities"])
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        path = self.manifest_path
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(
+                f"entity store manifest {path} is unreadable ({type(exc).__name__}); "
+                "delete the store folder and recompute it"
+            ) from exc
+        if not isinstance(data, dict) or any(k not in data for k in _COMPARED):
+            raise DataError(
+                f"entity store manifest {path} lacks {', '.join(_COMPARED)}; delete the store "
+                "folder and recompute it"
+            )
+        return data
+
+    @staticmethod
+    def describe(generator: Any, max_entities: int) -> dict[str, Any]:
+        """The manifest entries that identify a generator setting."""
+        return _canonical(
+            {
+                "generator": generator.name,
+                "params": generator.params,
+                "checkpoint_sha256": generator.checkpoint_sha256,
+                "max_entities": int(max_entities),
+            }
+        )
+
+    def _bind(self, generator: Any, max_entities: int) -> None:
+        from entitwist import __version__
+
+        wanted = self.describe(generator, max_entities)
+        if self.manifest is not None:
+            have = {k: _canonical(self.manifest[k]) for k in _COMPARED}
+            diff = [k for k in _COMPARED if have[k] != wanted[k]]
+            if diff:
+                detail = "; ".join(f"{k}: store {have[k]!r} vs asked {wanted[k]!r}" for k in diff)
+                raise DataError(
+                    f"entity store {self.directory} was made with other settings ({detail}); "
+                    "use another --out or delete that folder, stores are never mixed"
+                )
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(
+                f"cannot create entity store folder {self.directory} ({exc.strerror or exc}); "
+                "choose a writable --out"
+            ) from exc
+        if not os.access(self.directory, os.W_OK):
+            raise DataError(
+                f"entity store folder {self.directory} is not writable; choose a writable --out"
+            )
+        manifest = {
+            "format": FORMAT,
+            **wanted,
+            "entitwist_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        try:
+            atomic_write_bytes(self.manifest_path, text.encode("utf-8"))
+        except OSError as exc:
+            raise DataError(
+                f"cannot write {self.manifest_path} ({exc.strerror or exc}); choose a writable --out"
+            ) from exc
+        self.manifest = manifest
+
+    # -- maps ---------------------------------------------------------------------------
+    def path_for(self, image_key: str) -> Path:
+        """``<store>/<image_key>.png``; the key must be relative without ``..``."""
+        if not isinstance(image_key, str) or not image_key.strip():
+            raise InputError(f"entity image key must be a non-empty string, got {image_key!r}")
+        key = PurePosixPath(image_key.replace("\\", "/"))
+        if key.is_absolute() or ".." in key.parts or any(p.startswith(".") for p in key.parts):
+            raise InputError(
+                f"entity image key {image_key!r} must be a relative path without '..' or "
+                "hidden parts (e.g. images/scene_0001)"
+            )
+        return self.directory.joinpath(*key.parts[:-1], key.parts[-1] + ".png")
+
+    def has(self, image_key: str) -> bool:
+        """True when a finished map exists for ``image_key``."""
+        return self.path_for(image_key).is_file()
+
+    def load(self, image_key: str) -> np.ndarray | None:
+        """The uint8 (H, W) label map of ``image_key``, or ``None`` when none is stored.
+
+        Raises:
+            DataError: the PNG is corrupt, not single-channel 8-bit, or holds labels > K.
+        """
+        from PIL import Image
+
+        path = self.path_for(image_key)
+        if not path.is_file():
+            return None
+        try:
+            with Image.open(path) as im:
+                im.load()
+                mode = im.mode
+                labels = np.asarray(im)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(
+                f"entity map {path} is corrupt ({type(exc).__name__}); delete it and rerun "
+                "entitwist entities"
+            ) from exc
+        if mode != "L" or labels.ndim != 2:
+            raise DataError(
+                f"entity map {path} is mode {mode}, expected 8-bit single channel (L); delete "
+                "it and rerun entitwist entities"
+            )
+        k = self.max_entities
+        if k is not None and labels.size and int(labels.max()) > k:
+            raise DataError(
+                f"entity map {path} has label {int(labels.max())} > K={k} of its manifest; "
+                "delete the store and recompute it"
+            )
+        return labels.astype(np.uint8, copy=False)
+
+    def save(self, image_key: str, labels: np.ndarray) -> Path:
+        """Write ``labels`` (H, W), integer values 0..K, as ``<key>.png`` atomically."""
+        from PIL import Image
+
+        arr = np.asarray(labels)
+        if arr.ndim != 2 or arr.dtype.kind not in "ui" or arr.size == 0:
+            raise InputError(
+                f"an entity label map is an integer (H, W) array, got {arr.dtype} {arr.shape}"
+            )
+        top = int(arr.max())
+        k = self.max_entities
+        limit = 255 if k is None else k
+        if int(arr.min()) < 0 or top > limit:
+            raise InputError(
+                f"entity label map for {image_key!r} has labels {int(arr.min())}..{top}, "
+                f"allowed 0..{limit} (K)"
+            )
+        path = self.path_for(image_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Image.fromarray(arr.astype(np.uint8), mode="L").save(tmp, format="PNG")
+        return path
+
+    def keys(self) -> Iterator[str]:
+        """Keys of the stored maps (temporary files of unfinished writes are skipped)."""
+        for path in sorted(self.directory.rglob("*.png")):
+            rel = path.relative_to(self.directory)
+            if any(p.startswith(".") for p in rel.parts):
+                continue
+            yield str(PurePosixPath(*rel.parts).with_suffix(""))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.keys())
+
+    def remove_stale_temporaries(self, older_than_s: float = 60.0) -> int:
+        """Delete ``.<name>.*.tmp*`` files left by killed writers; return how many.
+
+        Only files older than ``older_than_s`` seconds go, so that shards writing to the
+        same store at the same time keep their in-flight files.
+        """
+        import time
+
+        if not self.directory.is_dir():
+            return 0
+        count = 0
+        now = time.time()
+        for path in self.directory.rglob(".*.tmp*"):
+            try:
+                if path.is_file() and now - path.stat().st_mtime >= older_than_s:
+                    path.unlink()
+                    count += 1
+            except FileNotFoundError:  # finished or removed meanwhile
+                continue
+        return count
+
+    def __repr__(self) -> str:
+        return f"EntityStore({str(self.directory)!r})"
