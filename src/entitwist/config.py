@@ -113,12 +113,16 @@ class DecoderConfig:
     """Convolutional decoder of eq. 11-14 (ReMamber-style).
 
     Attributes:
-        width: channels of the decoder blocks.
-        head_width: channels of the 3x3 head at 1/4 resolution.
+        width: channels of the decoder blocks M_0..M_2 (1x1 -> depthwise 3x3 -> 1x1).
+        head_width: channels of the 3x3 conv-BN-ReLU layers of the head N at 1/4 resolution.
+        head_layers: how many such 3x3 layers N stacks before its 1x1 classifier.
+        expansion: hidden width of the M blocks as a multiple of ``width``.
     """
 
     width: int = 256
     head_width: int = 128
+    head_layers: int = 1
+    expansion: int = 1
 
 
 @dataclass
@@ -137,13 +141,17 @@ class ModelConfig:
         """Raise :class:`ConfigError` (one line, with the fix) on an impossible value."""
         f = self.fusion
         if f.dat not in DAT_ORDERS:
-            raise ConfigError(f"fusion.dat={f.dat!r} is unknown; use one of {', '.join(DAT_ORDERS)}")
+            raise ConfigError(
+                f"fusion.dat={f.dat!r} is unknown; use one of {', '.join(DAT_ORDERS)}"
+            )
         if f.propagation not in PROPAGATIONS:
             raise ConfigError(
                 f"fusion.propagation={f.propagation!r} is unknown; use one of {', '.join(PROPAGATIONS)}"
             )
         if f.spatial not in SPATIALS:
-            raise ConfigError(f"fusion.spatial={f.spatial!r} is unknown; use one of {', '.join(SPATIALS)}")
+            raise ConfigError(
+                f"fusion.spatial={f.spatial!r} is unknown; use one of {', '.join(SPATIALS)}"
+            )
         if not 0 <= f.max_entities <= 255:
             raise ConfigError(
                 f"fusion.max_entities={f.max_entities} is out of range; label maps are uint8, use 0..255"
@@ -154,18 +162,29 @@ class ModelConfig:
         for name in ("attn_heads", "attn_kv_stride"):
             value = getattr(f, name)
             if len(value) != n_stages:
-                raise ConfigError(f"fusion.{name} has {len(value)} entries; give one per stage ({n_stages})")
+                raise ConfigError(
+                    f"fusion.{name} has {len(value)} entries; give one per stage ({n_stages})"
+                )
         for t, (dim, heads) in enumerate(zip(self.visual.stage_dims, f.attn_heads)):
             if dim % heads:
                 raise ConfigError(
                     f"fusion.attn_heads[{t}]={heads} does not divide the stage width {dim}; pick a divisor"
                 )
         if self.text.kind not in TEXT_KINDS:
-            raise ConfigError(f"text.kind={self.text.kind!r} is unknown; use one of {', '.join(TEXT_KINDS)}")
+            raise ConfigError(
+                f"text.kind={self.text.kind!r} is unknown; use one of {', '.join(TEXT_KINDS)}"
+            )
         if self.text.max_tokens < 2:
-            raise ConfigError(f"text.max_tokens={self.text.max_tokens} must be at least 2 ([CLS] and [SEP])")
+            raise ConfigError(
+                f"text.max_tokens={self.text.max_tokens} must be at least 2 ([CLS] and [SEP])"
+            )
         if self.visual.img_size % 32:
             raise ConfigError(f"visual.img_size={self.visual.img_size} must be a multiple of 32")
+        d = self.decoder
+        if d.width < 1 or d.head_width < 1 or d.head_layers < 1 or d.expansion < 1:
+            raise ConfigError(
+                "decoder width, head_width, head_layers and expansion must be positive integers"
+            )
         if self.num_classes != 2:
             raise ConfigError("num_classes must be 2 (background, referred object)")
         return self
@@ -178,7 +197,12 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build from a dict (as written by :meth:`to_dict`); unknown keys are an error."""
         data = dict(data)
-        sections = {"visual": VisualConfig, "text": TextConfig, "fusion": FusionConfig, "decoder": DecoderConfig}
+        sections = {
+            "visual": VisualConfig,
+            "text": TextConfig,
+            "fusion": FusionConfig,
+            "decoder": DecoderConfig,
+        }
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key in sections:
@@ -186,7 +210,9 @@ class ModelConfig:
             elif key in {"name", "num_classes"}:
                 kwargs[key] = value
             else:
-                raise ConfigError(f"unknown model config key {key!r}; expected one of name, num_classes, {', '.join(sections)}")
+                raise ConfigError(
+                    f"unknown model config key {key!r}; expected one of name, num_classes, {', '.join(sections)}"
+                )
         return cls(**kwargs).validate()
 
     def to_json(self, path: str | Path) -> None:
@@ -209,7 +235,9 @@ def _build(cls: type, value: Any, section: str) -> Any:
     if isinstance(value, cls):
         return value
     if not isinstance(value, dict):
-        raise ConfigError(f"model config section {section!r} must be a mapping, got {type(value).__name__}")
+        raise ConfigError(
+            f"model config section {section!r} must be a mapping, got {type(value).__name__}"
+        )
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(value) - set(names)
     if unknown:

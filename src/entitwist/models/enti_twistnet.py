@@ -1,0 +1,340 @@
+"""Enti-TwistNet: the whole network, wired by injection.
+
+``EntiTwistNet(config)`` builds its parts from a :class:`~entitwist.config.ModelConfig`;
+each part may also be passed in (``visual=``, ``text=``, ``fusions=``, ``decoder=``).
+
+Data flow (DESIGN.md section 2, early fusion)::
+
+    T^ori, mask = text(input_ids, attention_mask)                   # (B, N, d_t)
+    x = swin.embed(image)                                           # (B, H/4, W/4, d_0) NHWC
+    for t in 0..3:
+        F^in_t  = swin.stage(t, x)                                  # patch merging first, t > 0
+        M_t     = entity_area_maps(entities, K, size_t)             # (B, K, h_t, w_t)
+        F^out_t = fusion_t(F^in_t, T^ori, mask, M_t)                # SEG -> cube -> DAT
+        x       = F^in_t + F^out_t                                  # residual into stage t+1
+    logits = decoder([F^out_0..3], out_size=(H, W))                 # (B, 2, H, W)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from entitwist.config import ModelConfig
+from entitwist.errors import CheckpointError, ConfigError, InputError
+from entitwist.models.decoder import Decoder
+from entitwist.models.text import TextEncoder, Tokenizer, build_tokenizer
+from entitwist.models.visual import SwinEncoder, nchw_to_nhwc, nhwc_to_nchw
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+_TEXT_TRUNCATION_WARNED = False
+
+
+def _build_fusions(config: ModelConfig, text_dim: int) -> nn.ModuleList:
+    from entitwist.models.fusion import FusionStage
+
+    return nn.ModuleList(
+        FusionStage(dim, text_dim, config.text.max_tokens, config.fusion, stage_index=t)
+        for t, dim in enumerate(config.visual.stage_dims)
+    )
+
+
+class EntiTwistNet(nn.Module):
+    """Referring segmentation network of the paper (section III).
+
+    Args:
+        config: the model configuration (validated here).
+        visual, text, fusions, decoder: optional ready-made parts; built from ``config``
+            when omitted.
+
+    ``forward(image, input_ids, attention_mask, entities=None, return_intermediates=False)``:
+
+    - ``image`` (B, 3, H, W) float, ImageNet-normalised, H and W multiples of 32;
+    - ``input_ids``, ``attention_mask`` (B, N) integer, N <= ``config.text.max_tokens``
+      (longer text is truncated with one warning);
+    - ``entities`` (B, H, W) integer label map, 0 = none, 1..K with
+      K <= ``config.fusion.max_entities``; ``None`` means "no entities" (G = 0) and is
+      the only input needed when ``config.fusion.seg`` is off.
+
+    Returns logits (B, 2, H, W); with ``return_intermediates=True`` a dict with ``logits``
+    and ``stages``: 4 dicts holding ``f_in``, ``f_out`` (B, d_t, h_t, w_t) and, when DAT is
+    on, ``cube`` and ``sem`` (B, 2 d_t, h_t, w_t).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        visual: SwinEncoder | None = None,
+        text: TextEncoder | None = None,
+        fusions: Sequence[nn.Module] | None = None,
+        decoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.visual = visual if visual is not None else SwinEncoder(config.visual)
+        self.text = text if text is not None else TextEncoder(config.text)
+        if tuple(self.visual.stage_dims) != tuple(config.visual.stage_dims):
+            raise ConfigError(
+                f"the Swin stages are {self.visual.stage_dims} wide but the config says "
+                f"{config.visual.stage_dims}; fix visual.embed_dim/depths"
+            )
+        self.fusions = (
+            nn.ModuleList(fusions)
+            if fusions is not None
+            else _build_fusions(config, self.text.hidden_size)
+        )
+        self.decoder = (
+            decoder
+            if decoder is not None
+            else Decoder(config.visual.stage_dims, config.decoder, config.num_classes)
+        )
+        self._tokenizer: Tokenizer | None = None
+        self._tokenizer_config = config.text
+
+    # ------------------------------------------------------------------ tokenizer
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The :class:`~entitwist.models.text.Tokenizer` matching the text encoder (built on
+        first use, so a model whose vocabulary is not at hand still builds)."""
+        if self._tokenizer is None:
+            self._tokenizer = build_tokenizer(self._tokenizer_config)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: Tokenizer) -> None:
+        self._tokenizer = value
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        image: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        entities: Tensor | None = None,
+        return_intermediates: bool = False,
+    ) -> Tensor | dict[str, Any]:
+        input_ids, attention_mask = self._check_inputs(image, input_ids, attention_mask, entities)
+        use_entities = self.config.fusion.seg and entities is not None
+        num_entities = int(entities.max()) if use_entities and entities.numel() else 0
+
+        t_ori, text_mask = self.text(input_ids, attention_mask)  # (B, N, d_t), (B, N)
+        x = self.visual.embed(image)  # (B, H/4, W/4, d_0)
+        outs: list[Tensor] = []
+        stages: list[dict[str, Tensor]] = []
+        for t, fusion in enumerate(self.fusions):
+            x = self.visual.stage(t, x)  # (B, h_t, w_t, d_t)
+            f_in = nhwc_to_nchw(x)  # (B, d_t, h_t, w_t)
+            area = None
+            if use_entities:
+                from entitwist.models.seg import entity_area_maps
+
+                area = entity_area_maps(entities, num_entities, tuple(f_in.shape[-2:]))
+                area = area.to(f_in.dtype)  # (B, K, h_t, w_t)
+            f_out, extras = fusion(f_in, t_ori, text_mask, area)  # (B, d_t, h_t, w_t)
+            outs.append(f_out)
+            if return_intermediates:
+                stages.append({"f_in": f_in, "f_out": f_out, **extras})
+            if t + 1 < len(self.fusions):
+                x = nchw_to_nhwc(f_in + f_out)  # stage t+1 gets F^in_t + F^out_t
+        logits = self.decoder(outs, out_size=tuple(image.shape[-2:]))  # (B, 2, H, W)
+        if return_intermediates:
+            return {"logits": logits, "stages": stages}
+        return logits
+
+    def _check_inputs(
+        self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, entities: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        global _TEXT_TRUNCATION_WARNED
+        if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3:
+            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise InputError(
+                f"image must be a (B, 3, H, W) tensor, got {shape}; add a batch axis / use RGB"
+            )
+        if not image.is_floating_point():
+            raise InputError(
+                f"image must be float (ImageNet-normalised), got {image.dtype}; convert and normalise it first"
+            )
+        b, _, h, w = image.shape
+        if h % 32 or w % 32 or h == 0 or w == 0:
+            raise InputError(
+                f"image size {h}x{w} must be a positive multiple of 32; resize or pad it"
+            )
+        for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+            if not isinstance(tensor, Tensor) or tensor.dim() != 2 or tensor.shape[0] != b:
+                shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+                raise InputError(
+                    f"{name} must be a (B={b}, N) tensor, got {shape}; use model.tokenizer"
+                )
+            if tensor.is_floating_point() or tensor.is_complex():
+                raise InputError(
+                    f"{name} must hold integers, got {tensor.dtype}; use model.tokenizer"
+                )
+        if input_ids.shape != attention_mask.shape:
+            raise InputError(
+                f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} differ"
+            )
+        n_max = self.config.text.max_tokens
+        if input_ids.shape[1] > n_max:
+            if not _TEXT_TRUNCATION_WARNED:
+                warnings.warn(
+                    f"text of {input_ids.shape[1]} tokens truncated to text.max_tokens={n_max}; "
+                    "this warning is shown once",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                _TEXT_TRUNCATION_WARNED = True
+            input_ids, attention_mask = input_ids[:, :n_max], attention_mask[:, :n_max]
+        if input_ids.shape[1] == 0 or not bool((attention_mask != 0).any(dim=1).all()):
+            raise InputError(
+                "empty text: a sample's attention_mask is all 0; give every image a sentence"
+            )
+        vocab = int(self.text.model.config.vocab_size)
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+            raise InputError(
+                f"token ids must lie in [0, {vocab}); got [{int(input_ids.min())}, {int(input_ids.max())}] "
+                "-- tokenize with this model's tokenizer"
+            )
+        if entities is not None and self.config.fusion.seg:
+            if not isinstance(entities, Tensor) or entities.dim() != 3:
+                shape = (
+                    tuple(entities.shape)
+                    if isinstance(entities, Tensor)
+                    else type(entities).__name__
+                )
+                raise InputError(f"entities must be a (B, H, W) label map, got {shape}")
+            if (
+                entities.is_floating_point()
+                or entities.is_complex()
+                or entities.dtype == torch.bool
+            ):
+                raise InputError(
+                    f"entities must hold integer labels (0 = none, 1..K), got {entities.dtype}"
+                )
+            if tuple(entities.shape) != (b, h, w):
+                raise InputError(
+                    f"entity map {tuple(entities.shape)} does not match the image (B, H, W) = ({b}, {h}, {w}); "
+                    "resize it with nearest neighbour"
+                )
+            k = self.config.fusion.max_entities
+            if entities.numel():
+                lo, hi = int(entities.min()), int(entities.max())
+                if lo < 0 or hi > k:
+                    raise InputError(
+                        f"entity labels must lie in 0..K={k}, got [{lo}, {hi}]; relabel the map or raise "
+                        "fusion.max_entities"
+                    )
+        return input_ids.long(), attention_mask.long()
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and ``tokenizer/`` into ``directory``.
+
+        Returns the directory. Each file is written atomically.
+        """
+        from safetensors.torch import save_file
+
+        from entitwist.utils import atomic_path
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "library": "entitwist"})
+        with atomic_path(directory / CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        try:
+            tokenizer = self.tokenizer
+        except ConfigError:
+            tokenizer = None  # no vocabulary at hand (e.g. a random CLIP tower offline)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, map_location: str | torch.device | None = None
+    ) -> EntiTwistNet:
+        """Rebuild a model saved by :meth:`save_pretrained`; no network, no pickle.
+
+        Raises :class:`CheckpointError` when the folder, its config or its weights are
+        missing or corrupt, or when it holds only pickled weights.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(
+                f"checkpoint folder {str(directory)!r} does not exist; give a save_pretrained folder"
+            )
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not weights_path.is_file():
+            pickled = sorted(p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+            if pickled:
+                raise CheckpointError(
+                    f"{str(directory)!r} holds only pickled weights ({', '.join(pickled)}); entitwist loads "
+                    f"safetensors only: export with model.save_pretrained(dir)"
+                )
+            raise CheckpointError(
+                f"{str(directory)!r} has no {WEIGHTS_NAME}; it is not a save_pretrained folder"
+            )
+        if not config_path.is_file():
+            raise CheckpointError(
+                f"{str(directory)!r} has no {CONFIG_NAME}; it is not a save_pretrained folder"
+            )
+        try:
+            config = ModelConfig.from_dict(json.loads(config_path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(
+                f"{str(config_path)!r} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+            ) from None
+        except (ConfigError, TypeError) as exc:
+            raise CheckpointError(
+                f"{str(config_path)!r} is not a valid model config: {exc}"
+            ) from None
+        build = config.replace(visual__pretrained=None, text__pretrained=None)
+        tok_dir = directory / TOKENIZER_DIR
+        if tok_dir.is_dir():
+            build.text.vocab = str(tok_dir)
+        if not build.text.hf_config:
+            raise CheckpointError(
+                f"{str(config_path)!r} lacks text.hf_config; cannot rebuild the text encoder offline"
+            )
+        model = cls(build)
+        model.config = config  # keep the provenance (pretrained sources) as saved
+        device = "cpu" if map_location is None else str(torch.device(map_location))
+        try:
+            state = load_file(str(weights_path), device=device)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"{str(weights_path)!r} is corrupt or not safetensors ({exc})"
+            ) from None
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()[:200]
+            raise CheckpointError(
+                f"{str(weights_path)!r} does not match its config ({first})"
+            ) from None
+        if missing or unexpected:
+            names = ", ".join((list(missing) + list(unexpected))[:4])
+            raise CheckpointError(
+                f"{str(weights_path)!r} does not match its config ({len(missing)} missing, "
+                f"{len(unexpected)} unexpected keys, e.g. {names})"
+            )
+        if map_location is not None:
+            model.to(map_location)
+        return model.eval()

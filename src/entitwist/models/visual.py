@@ -1,0 +1,131 @@
+"""Swin visual encoder (timm), run stage by stage.
+
+Enti-TwistNet fuses language and entities *inside* the encoder (early fusion, DESIGN.md
+section 2): the fused map of stage t feeds stage t+1. timm's ``SwinTransformer`` keeps its
+patch merging at the start of the next stage, so the network calls
+:meth:`SwinEncoder.embed` once and then :meth:`SwinEncoder.stage` for t = 0..3, fusing in
+between. timm works channels-last (NHWC); this module converts to and from NCHW so that the
+rest of the network sees ``(B, C, H, W)``.
+
+Any input side that is a multiple of 32 is accepted: the attention masks are built for the
+actual size (timm's ``strict_img_size=False``), and feature maps whose side is not a multiple
+of the window (30 and 15 with window 12 at 480) are padded to the window and cropped back,
+as timm does.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from entitwist.config import VisualConfig
+from entitwist.errors import ConfigError
+
+
+def nhwc_to_nchw(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def nchw_to_nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def create_swin(config: VisualConfig) -> nn.Module:
+    """The timm ``SwinTransformer`` a visual config describes, without head and final norm.
+
+    ``config.pretrained``: ``None`` (random), a local weight file (loaded by timm through
+    ``pretrained_cfg_overlay=dict(file=...)``, with timm's key filter, so official timm/
+    Microsoft checkpoints load), or ``"hub"`` (timm downloads ``config.name``'s weights;
+    needs the network).
+    """
+    import timm
+
+    kwargs = dict(
+        img_size=config.img_size,
+        embed_dim=config.embed_dim,
+        depths=tuple(config.depths),
+        num_heads=tuple(config.num_heads),
+        window_size=config.window_size,
+        drop_path_rate=config.drop_path_rate,
+        strict_img_size=False,
+        num_classes=0,
+    )
+    source = config.pretrained
+    try:
+        if source is None:
+            model = timm.create_model(config.name, pretrained=False, **kwargs)
+        elif source == "hub":
+            model = timm.create_model(config.name, pretrained=True, **kwargs)
+        else:
+            path = os.path.expanduser(source)
+            if not os.path.isfile(path):
+                raise ConfigError(
+                    f"visual.pretrained={source!r} is not a file; give a .safetensors/.pth weight file, "
+                    "'hub', or None"
+                )
+            model = timm.create_model(
+                config.name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs
+            )
+    except RuntimeError as exc:
+        if source is None:
+            raise
+        msg = str(exc).splitlines()[0][:200]
+        raise ConfigError(
+            f"Swin weights {source!r} do not fit visual config {config.name!r} ({msg}); "
+            "check embed_dim/depths/window_size"
+        ) from None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(
+            f"could not load Swin weights {source!r} ({type(exc).__name__}: no network, or a bad "
+            "file?); give a local weight file as visual.pretrained, or None for random weights"
+        ) from None
+    model.norm = nn.Identity()  # the final norm belongs to the classifier path; unused
+    return model
+
+
+class SwinEncoder(nn.Module):
+    """Swin backbone exposed stage by stage.
+
+    Args:
+        config: the visual config; or pass ``swin`` to wrap an already built timm model.
+
+    Shapes (input H x W, stage t = 0..3, d_t = embed_dim * 2**t, s_t = 4 * 2**t):
+        ``embed(image (B,3,H,W)) -> (B, H/4, W/4, d_0)`` NHWC;
+        ``stage(t, x NHWC) -> (B, H/s_t, W/s_t, d_t)`` NHWC (patch merging first for t > 0);
+        ``forward(image) -> [ (B, d_t, H/s_t, W/s_t) ]`` NCHW, plain (unfused) features.
+    """
+
+    def __init__(
+        self, config: VisualConfig | None = None, *, swin: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        if swin is None:
+            if config is None:
+                raise ConfigError("SwinEncoder needs a VisualConfig or a timm Swin model")
+            swin = create_swin(config)
+        self.patch_embed = swin.patch_embed
+        self.layers = swin.layers
+        self.stage_dims = tuple(int(info["num_chs"]) for info in swin.feature_info)
+        self.reductions = tuple(int(info["reduction"]) for info in swin.feature_info)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.layers)
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        return self.patch_embed(image)  # (B, H/4, W/4, d_0)
+
+    def stage(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[index](x)  # (B, h_t, w_t, d_t)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        x = self.embed(image)
+        features = []
+        for t in range(self.num_stages):
+            x = self.stage(t, x)
+            features.append(nhwc_to_nchw(x))
+        return features

