@@ -79,6 +79,8 @@ def read_array(
         if path.suffix.lower() in _TIFF_SUFFIXES:
             return _read_tiff(path, exc)
         raise _open_error(path, exc) from exc
+    if arr.ndim < 2 or arr.size == 0:
+        raise _open_error(path, ValueError(f"decoded to an empty array of shape {arr.shape}"))
     if not arr.flags.writeable:  # PIL hands out read-only buffers; torch wants writable ones
         arr = arr.copy()
     return arr
@@ -94,6 +96,8 @@ def _read_tiff(path: Path, pil_exc: BaseException) -> np.ndarray:
         arr = np.asarray(tifffile.imread(path))
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise _open_error(path, exc) from exc
+    if arr.ndim < 2 or arr.size == 0:
+        raise _open_error(path, pil_exc)
     # Planar (C, H, W) with few bands -> (H, W, C).
     if arr.ndim == 3 and arr.shape[0] <= 4 and arr.shape[2] > 4:
         arr = np.moveaxis(arr, 0, -1)

@@ -85,7 +85,10 @@ _SAFE_GLOBALS = {
         "complex",
         "bool",
     )
-} | {("collections", "OrderedDict")}
+} | {
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # protocol 2 stores bytes as encode(str, "latin1"): no side effects
+}
 
 
 class SafeUnpickler(pickle.Unpickler):
