@@ -1,0 +1,332 @@
+"""Segment an image from one or several sentences with a saved Enti-TwistNet.
+
+>>> from entitwist import Predictor
+>>> predictor = Predictor.from_pretrained("runs/rrsisd/model")        # a save_pretrained folder
+>>> pred = predictor.predict("scene.png", "the largest storage tank")
+>>> pred.mask.shape, pred.mask.dtype, pred.probability.dtype       # (H, W) bool, float32
+>>> preds = predictor.predict(image, ["the red car", "the road"])   # one batched forward
+
+The image (uint8 ``(H, W, 3)`` or a path) is resized to the network's input size
+(``model.config.visual.img_size``, bilinear with antialiasing) and normalised with the
+ImageNet mean and standard deviation; the foreground probability (softmax over the two
+classes) is resized back to ``(H, W)`` bilinearly, and ``mask = probability >= 0.5`` (the
+argmax of the two classes, up to exact ties).
+
+Entities (the label map SEG pools into its entity areas): ``"auto"`` (the default) computes
+them once per image with the predictor's generator (weight-free ``felzenszwalb`` unless a
+SAM checkpoint was given) on the image as the network sees it (resized to the input size;
+the network area-pools them to at most a quarter of that size); an array gives the map
+itself (uint8/int ``(H, W)``, resized nearest); None runs without entities (G = 0).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from entitwist.errors import CheckpointError, InputError
+
+__all__ = [
+    "Prediction",
+    "Predictor",
+    "resolve_device",
+    "check_checkpoint_dir",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class Prediction:
+    """One sentence's result on one image.
+
+    Attributes:
+        mask: (H, W) bool, the referred object.
+        probability: (H, W) float32 in [0, 1], the foreground probability.
+        sentence: the sentence it answers.
+    """
+
+    mask: np.ndarray
+    probability: np.ndarray
+    sentence: str
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` -> cuda when available, else cpu; otherwise check the named device."""
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(
+            f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"--device {device} was asked for but CUDA is not available; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); pick another"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(
+            f"--device {device} was asked for but MPS is not available; use --device cpu"
+        )
+    elif dev.type not in {"cpu", "cuda", "mps"}:
+        raise InputError(f"--device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """Refuse a checkpoint folder that is missing files or holds pickled weights."""
+    if not path.exists():
+        raise CheckpointError(
+            f"model folder {str(path)!r} does not exist; give a folder written by save_pretrained"
+        )
+    if path.is_file():
+        hint = " (a Lightning .ckpt is for resuming training; export it with save_pretrained)"
+        raise CheckpointError(
+            f"model {str(path)!r} is a file, not a save_pretrained folder{hint if path.suffix == '.ckpt' else ''}"
+        )
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"model folder {str(path)!r} holds pickled weights ({pickles[0]}), which can run code when loaded; "
+            "re-export the model with save_pretrained (safetensors)"
+        )
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise CheckpointError(
+                f"model folder {str(path)!r} is missing {name}; give a complete save_pretrained folder"
+            )
+
+
+def _resolve_checkpoint(source: str | os.PathLike) -> Path:
+    path = Path(os.path.expanduser(str(source)))
+    if not path.exists() and _HUB_ID.match(str(source)):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(str(source)))
+        except Exception as exc:  # offline, unknown repo, ...
+            raise CheckpointError(
+                f"model {str(source)!r} is not a local folder and could not be fetched from the hub "
+                f"({type(exc).__name__}); give a save_pretrained folder"
+            ) from None
+    check_checkpoint_dir(path)
+    return path
+
+
+def _as_image(image: np.ndarray | str | os.PathLike) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+        from entitwist.data.io import read_image
+
+        image = read_image(image)
+    if not isinstance(image, np.ndarray):
+        raise InputError(
+            f"image must be a numpy uint8 (H, W, 3) array or a path, not {type(image).__name__}"
+        )
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise InputError(f"image has shape {image.shape}; give an (H, W, 3) RGB array")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"image has shape {image.shape}: it is empty; give an image with pixels")
+    if image.dtype != np.uint8:
+        raise InputError(
+            f"image dtype is {image.dtype}; give uint8 (scale 16-bit or float imagery first)"
+        )
+    return image
+
+
+class Predictor:
+    """Run a trained :class:`EntiTwistNet` on images of any size.
+
+    Args:
+        model: the network (already holding its weights).
+        device: ``None``/``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        entity_generator: the generator used for ``entities="auto"`` (``felzenszwalb``,
+            ``slic``, ``sam``, ...); see ``entitwist.entities.get_generator``.
+        sam_checkpoint: a segment-anything checkpoint; implies ``entity_generator="sam"``.
+        entity_params: extra keyword arguments for the generator.
+        batch_size: sentences per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: str | torch.device | None = None,
+        entity_generator: str = "felzenszwalb",
+        sam_checkpoint: str | os.PathLike | None = None,
+        entity_params: dict[str, Any] | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.entity_params = dict(entity_params or {})
+        if sam_checkpoint is not None:
+            if not Path(sam_checkpoint).is_file():
+                raise InputError(
+                    f"SAM checkpoint {str(sam_checkpoint)!r} does not exist; give a sam_vit_*.pth file"
+                )
+            entity_generator = "sam"
+            self.entity_params["checkpoint"] = str(sam_checkpoint)
+        self.entity_generator = entity_generator
+        self.batch_size = max(1, int(batch_size))
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str | os.PathLike, device: str | torch.device | None = None, **kwargs: Any
+    ) -> Predictor:
+        """Load a ``save_pretrained`` folder (or a hub id) and wrap it.
+
+        Raises :class:`CheckpointError` for a missing folder, missing files or pickled weights.
+        """
+        path = _resolve_checkpoint(source)
+        from entitwist.models.enti_twistnet import EntiTwistNet
+
+        model = EntiTwistNet.from_pretrained(path)
+        return cls(model, device=device, **kwargs)
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        """The network's square input size S."""
+        return int(self.model.config.visual.img_size)
+
+    @property
+    def uses_entities(self) -> bool:
+        """Whether the network has entity guidance (SEG) switched on."""
+        return bool(self.model.config.fusion.seg)
+
+    @property
+    def max_entities(self) -> int:
+        return int(self.model.config.fusion.max_entities)
+
+    def _entities_tensor(
+        self, image: np.ndarray, small: np.ndarray, entities: Any
+    ) -> torch.Tensor | None:
+        """(1, S, S) long label map, or None."""
+        if entities is None or not self.uses_entities:
+            return None
+        size = self.image_size
+        if isinstance(entities, str):
+            if entities != "auto":
+                raise InputError(f"entities={entities!r}; use 'auto', None or an (H, W) label map")
+            from entitwist.entities import compute_entities
+
+            labels = compute_entities(
+                small,
+                generator=self.entity_generator,
+                max_entities=self.max_entities,
+                **self.entity_params,
+            )  # (S, S) uint8
+            return torch.from_numpy(np.asarray(labels, dtype=np.int64))[None]
+        labels = np.asarray(entities)
+        if labels.ndim != 2 or labels.shape != image.shape[:2]:
+            raise InputError(
+                f"entity map has shape {labels.shape} but the image is {image.shape[0]}x{image.shape[1]}; "
+                "give a label map of the image's size"
+            )
+        if labels.dtype.kind not in "ui" or (
+            labels.size and (labels.min() < 0 or labels.max() > self.max_entities)
+        ):
+            raise InputError(
+                f"entity map must hold integer labels 0..{self.max_entities}; recompute it with entitwist entities"
+            )
+        t = torch.from_numpy(labels.astype(np.float32))[None, None]  # (1, 1, H, W)
+        t = F.interpolate(t, size=(size, size), mode="nearest")
+        return t[:, 0].long()  # (1, S, S)
+
+    def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """uint8 (H, W, 3) -> normalised (1, 3, S, S) tensor and the resized uint8 (S, S, 3)."""
+        size = self.image_size
+        x = (
+            torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        )  # (1, 3, H, W)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+        small = x[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()  # (S, S, 3)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+        return (x - mean) / std, small
+
+    @torch.no_grad()
+    def predict_probability(
+        self, image: np.ndarray, sentences: list[str], entities: Any = "auto"
+    ) -> np.ndarray:
+        """Foreground probabilities of several sentences on one uint8 (H, W, 3) image.
+
+        Returns: (B, H, W) float32, B = len(sentences).
+        """
+        image = _as_image(image)
+        if not sentences:
+            raise InputError("no sentence given; give at least one referring sentence")
+        for s in sentences:
+            if not isinstance(s, str) or not s.strip():
+                raise InputError(
+                    "the sentence is empty; give a referring sentence such as 'the largest building'"
+                )
+        height, width = image.shape[:2]
+        x, small = self._prepare(image)  # (1, 3, S, S)
+        ent = self._entities_tensor(image, small, entities)  # (1, S, S) | None
+        x = x.to(self.device)
+        ent = None if ent is None else ent.to(self.device)
+        out = []
+        for i in range(0, len(sentences), self.batch_size):
+            chunk = sentences[i : i + self.batch_size]
+            tokens = self.model.tokenizer(chunk)
+            ids = tokens["input_ids"].to(self.device)  # (b, N)
+            att = tokens["attention_mask"].to(self.device)  # (b, N)
+            b = ids.shape[0]
+            logits = self.model(
+                x.expand(b, -1, -1, -1), ids, att, None if ent is None else ent.expand(b, -1, -1)
+            )  # (b, 2, S, S)
+            prob = torch.softmax(logits.float(), dim=1)[:, 1:2]  # (b, 1, S, S)
+            prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=False)
+            out.append(prob[:, 0].clamp_(0, 1).cpu())
+        return torch.cat(out).numpy().astype(np.float32, copy=False)  # (B, H, W)
+
+    def predict(
+        self,
+        image: np.ndarray | str | os.PathLike,
+        sentences: str | list[str],
+        entities: Any = "auto",
+    ) -> Prediction | list[Prediction]:
+        """Segment ``image`` for one sentence (-> a Prediction) or a list (-> a list, one batch).
+
+        Args:
+            image: uint8 (H, W, 3) RGB array, or a path read with ``entitwist.data.io.read_image``.
+            sentences: a sentence or a list of sentences.
+            entities: ``"auto"`` (computed once for the image), None (no entities), or a
+                label map (H, W) with values 0..K.
+        """
+        single = isinstance(sentences, str)
+        sentence_list = [sentences] if single else list(sentences)
+        image = _as_image(image)
+        probs = self.predict_probability(image, sentence_list, entities)  # (B, H, W)
+        preds = [
+            Prediction(mask=p >= 0.5, probability=p, sentence=s)
+            for p, s in zip(probs, sentence_list)
+        ]
+        return preds[0] if single else preds
