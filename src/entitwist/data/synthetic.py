@@ -434,11 +434,12 @@ def _scene_records(
         scene = generate_scene(scene_seed(seed, index, attempt), size)
         rng = np.random.default_rng([scene_seed(seed, index, attempt), 1])
         refs = generate_expressions(scene, rng, k, types=types)
-        if len({r.target_ids for r in refs}) >= min(2, k):
+        sets = [set(r.target_ids) for r in refs]
+        if k < 2 or any(not a & b for a in sets for b in sets):  # a swap partner exists
             break
     else:
         raise DataError(
-            f"scene {index} yields fewer than 2 distinct targets for types {types}; allow more expression types"
+            f"scene {index} has no two expressions with disjoint targets for types {types}; allow more types"
         )
     sid = f"scene_{index:05d}"
     _save_png(out / "images" / f"{sid}.png", scene.image)
