@@ -359,5 +359,15 @@ def make_entities(
         Image.fromarray(labels).save(target)
         maps[key] = labels
     manifest = root / "entities" / tag / "manifest.json"
-    manifest.write_text(json.dumps({"generator": tag, "max_entities": k}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "format": "entitwist-entities/1",
+                "generator": tag,
+                "params": {},
+                "checkpoint_sha256": None,
+                "max_entities": k,
+            }
+        )
+    )
     return maps

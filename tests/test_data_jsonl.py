@@ -9,11 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from fake_layouts import make_entities, make_jsonl
 from PIL import Image
 
 from entitwist.data import DataWarning, load_dataset
 from entitwist.errors import ConfigError, DataError
+from fake_layouts import make_entities, make_jsonl
 
 
 @pytest.fixture()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_layouts import make_refsegrs
 from PIL import Image
 
 from entitwist.data import DataWarning, load_dataset
 from entitwist.errors import ConfigError, DataError
+from fake_layouts import make_refsegrs
 
 
 @pytest.fixture()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_layouts import make_entities, make_risbench
 
 from entitwist.data import ReferringTransform, collate_referring, load_dataset
 from entitwist.errors import ConfigError, DataError
+from fake_layouts import make_entities, make_risbench
 
 
 @pytest.fixture()

@@ -9,11 +9,11 @@ import warnings
 
 import numpy as np
 import pytest
-from fake_layouts import make_rrsisd, rle_encode
 
 from entitwist.data import DataWarning, load_dataset
 from entitwist.data.rrsisd import polygons_to_mask, rle_decode, safe_load_pickle
 from entitwist.errors import ConfigError, DataError
+from fake_layouts import make_rrsisd, rle_encode
 
 
 @pytest.fixture()

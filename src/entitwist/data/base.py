@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from entitwist.data.io import read_image, read_label_map, read_mask, resize_nearest
+from entitwist.data.io import read_image, read_mask, resize_nearest
 from entitwist.errors import DataError
 
 __all__ = [
@@ -134,12 +134,12 @@ def _entity_command(root: Path, tag: str | None) -> str:
 
 
 def resolve_entity_dir(
-    root: Path, entities: str | os.PathLike | None, *, tag_required: bool = False
+    root: Path, entities: str | os.PathLike | None
 ) -> tuple[Path | None, str | None]:
     """Where the entity label maps of ``root`` are, or ``(None, None)`` for no entities.
 
     ``entities`` is ``None`` (never attach), ``"auto"`` (attach ``<root>/entities/<tag>``
-    when exactly one generator tag is stored; several tags is an error asking to choose),
+    when exactly one store, a folder with ``manifest.json``, is there; several tags is an error asking to choose),
     a tag name (``<root>/entities/<tag>`` must exist) or a folder path. Returns the folder
     and the tag (the folder name).
     """
@@ -149,7 +149,11 @@ def resolve_entity_dir(
     if isinstance(entities, str) and entities == "auto":
         if not base.is_dir():
             return None, None
-        tags = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        tags = sorted(
+            p.name
+            for p in base.iterdir()
+            if (p / "manifest.json").is_file() and not p.name.startswith(".")
+        )
         if not tags:
             return None, None
         if len(tags) > 1:
@@ -178,28 +182,19 @@ def resolve_entity_dir(
 
 
 class _EntityReader:
-    """Reads ``<dir>/<image-key>.png`` (through ``entitwist.entities.EntityStore`` when present)."""
+    """Reads ``<dir>/<image-key>.png`` through :class:`entitwist.entities.EntityStore`."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._store = None
-        try:
-            from entitwist.entities import EntityStore  # type: ignore[attr-defined]
+        from entitwist.entities.store import EntityStore
 
-            self._store = EntityStore(folder)
-        except Exception:  # not implemented yet / store class unavailable: read the PNGs
-            self._store = None
+        self.folder = folder
+        self._store = EntityStore(folder)
 
     def path_for(self, key: str) -> Path:
-        if self._store is not None and hasattr(self._store, "path_for"):
-            return Path(self._store.path_for(key))
-        return self.folder / f"{key}.png"
+        return Path(self._store.path_for(key))
 
     def load(self, key: str) -> np.ndarray | None:
-        path = self.path_for(key)
-        if not path.is_file():
-            return None
-        return read_label_map(path)  # (H, W) uint8
+        return self._store.load(key)  # (H, W) uint8, or None when not stored
 
 
 class ReferringDataset(Dataset):

@@ -66,6 +66,9 @@ def read_array(
         )
     try:
         with Image.open(path) as im:
+            if _wide_multiband_tiff(im):
+                # PIL decodes e.g. 16-bit RGB TIFFs to 8 bits by dropping the low byte.
+                return _read_tiff(path, OSError("PIL cannot decode this TIFF losslessly"))
             im.load()
             if im.mode in {"I;16", "I;16B", "I;16L", "I;16N"}:
                 arr = np.array(im, dtype=np.uint16)
@@ -84,6 +87,16 @@ def read_array(
     if not arr.flags.writeable:  # PIL hands out read-only buffers; torch wants writable ones
         arr = arr.copy()
     return arr
+
+
+def _wide_multiband_tiff(im: Image.Image) -> bool:
+    """A TIFF with several samples per pixel of more than 8 bits (PIL would truncate it)."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return False
+    bits = tags.get(258, (8,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return len(bits) > 1 and max(bits) > 8
 
 
 def _read_tiff(path: Path, pil_exc: BaseException) -> np.ndarray:

@@ -427,11 +427,18 @@ def _save_png(path: Path, array: np.ndarray) -> None:
 
 
 def _scene_records(
-    out: Path, index: int, split: str, size: int, seed: int, k: int, types: tuple[str, ...]
+    out: Path,
+    index: int,
+    split: str,
+    size: int,
+    seed: int,
+    k: int,
+    types: tuple[str, ...],
+    scale: float = 1.0,
 ) -> list[dict]:
     """Draw, write and describe one scene (image, masks); returns its annotation lines."""
     for attempt in range(20):
-        scene = generate_scene(scene_seed(seed, index, attempt), size)
+        scene = generate_scene(scene_seed(seed, index, attempt), size, object_scale=scale)
         rng = np.random.default_rng([scene_seed(seed, index, attempt), 1])
         refs = generate_expressions(scene, rng, k, types=types)
         sets = [set(r.target_ids) for r in refs]
@@ -511,6 +518,7 @@ def write_dataset(
     overwrite: bool = False,
     *,
     types: tuple[str, ...] | list[str] | None = None,
+    object_scale: float = 1.0,
     progress: bool = True,
 ) -> dict:
     """Write ``n_scenes`` synthetic scenes in the JSONL folder format.
@@ -541,6 +549,8 @@ def write_dataset(
         raise InputError(f"expressions_per_scene={expressions_per_scene}; use at least 1")
     if int(size) < 32:
         raise InputError(f"size={size} is too small; use a size of at least 32")
+    if not 0.5 <= float(object_scale) <= 2.5:
+        raise InputError(f"object_scale={object_scale} is out of range; use a value in [0.5, 2.5]")
     splits = tuple(float(v) for v in splits)
     if len(splits) != 3 or min(splits) < 0 or abs(sum(splits) - 1) > 1e-6:
         raise InputError(
@@ -561,6 +571,7 @@ def write_dataset(
         "splits": list(splits),
         "expressions_per_scene": int(expressions_per_scene),
         "types": list(types),
+        "object_scale": float(object_scale),
     }
     _prepare(out, params, overwrite)
     names = _split_names(int(n_scenes), splits, int(seed))
@@ -573,7 +584,14 @@ def write_dataset(
             lines.extend(json.loads(rec.read_text()))
             continue
         scene_lines = _scene_records(
-            out, i, names[i], int(size), int(seed), int(expressions_per_scene), types
+            out,
+            i,
+            names[i],
+            int(size),
+            int(seed),
+            int(expressions_per_scene),
+            types,
+            float(object_scale),
         )
         with atomic_path(rec) as tmp:
             tmp.write_text(json.dumps(scene_lines))
@@ -616,6 +634,12 @@ def main(argv: list[str] | None = None) -> int:
         "--types", default=None, help=f"comma list from {','.join(EXPRESSION_TYPES)} (default all)"
     )
     parser.add_argument(
+        "--object-scale",
+        type=float,
+        default=1.0,
+        help="object size multiplier in [0.5, 2.5] (default 1.0)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace the dataset in a non-empty OUT"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -636,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         expressions_per_scene=args.expressions,
         overwrite=args.overwrite,
         types=types,
+        object_scale=args.object_scale,
         progress=not args.quiet,
     )
     per_split = ", ".join(f"{k} {v}" for k, v in sorted(summary["splits"].items()))

@@ -165,10 +165,11 @@ def _hull(ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _Painter:
     """Mutable state while painting one scene (image, masks, occupancy, objects)."""
 
-    def __init__(self, rng: np.random.Generator, size: int) -> None:
+    def __init__(self, rng: np.random.Generator, size: int, object_scale: float = 1.0) -> None:
         self.rng = rng
         self.n = size
         self.s = size / 512.0
+        self.k = object_scale  # objects (and roads, so that cars fit their lanes) only
         self.img = np.zeros((size, size, 3), np.float32)
         self.inst = np.zeros((size, size), np.int32)
         self.blocked = np.zeros((size, size), bool)  # objects and their margins
@@ -184,7 +185,12 @@ class _Painter:
 
     # --- helpers -------------------------------------------------------------------------
     def px(self, v: float, lo: float = 1.0) -> float:
+        """``v`` pixels of a 512 scene at this size, at least ``lo``."""
         return max(lo, v * self.s)
+
+    def op(self, v: float, lo: float = 1.0) -> float:
+        """Like :meth:`px` for object and road dimensions (times the object scale)."""
+        return max(lo, v * self.s * self.k)
 
     def free(self, rr: np.ndarray, cc: np.ndarray, *, allow_terrain: bool = False) -> bool:
         if rr.size == 0:
@@ -274,19 +280,19 @@ class _Painter:
             angle = rng.choice([0.0, math.pi / 2]) + rng.normal(0, math.radians(6))
         else:
             angle = rng.uniform(0, math.pi)
-        width = self.px(rng.uniform(36, 42), 4)
+        width = self.op(rng.uniform(36, 42), 4)
         ca, sa = math.cos(angle), math.sin(angle)
         perp = -(self.xx - px) * sa + (self.yy - py) * ca
         along = (self.xx - px) * ca + (self.yy - py) * sa
         surface = np.abs(perp) < width / 2
-        verge = np.abs(perp) < width / 2 + self.px(2, 1)
+        verge = np.abs(perp) < width / 2 + self.op(2, 1)
         self.img[verge & ~surface] = (
             self.img[verge & ~surface] * 0.4 + np.array([150, 146, 132], np.float32) * 0.6
         )
         grey = self.jitter((104, 104, 106), 8)
-        self.img[surface] = grey + _noise(rng, n, n, self.px(3, 1.5))[surface, None] * 5.0
-        dash = self.px(14, 3)
-        line = surface & (np.abs(perp) < self.px(1.0, 0.5)) & ((along % dash) < dash * 0.55)
+        self.img[surface] = grey + _noise(rng, n, n, self.op(3, 1.5))[surface, None] * 5.0
+        dash = self.op(14, 3)
+        line = surface & (np.abs(perp) < self.op(1.0, 0.5)) & ((along % dash) < dash * 0.55)
         self.img[line] = (210, 206, 190)
         self.road |= surface
         self.river &= ~surface  # a bridge
@@ -296,7 +302,7 @@ class _Painter:
     # --- objects ------------------------------------------------------------------------
     def pond(self) -> bool:
         rng, n = self.rng, self.n
-        r = self.px(rng.uniform(26, 54), 3)
+        r = self.op(rng.uniform(26, 54), 3)
         cy, cx = rng.uniform(r + 4, n - r - 4, 2)
         k = 28
         ang = np.linspace(0, 2 * math.pi, k, endpoint=False)
@@ -306,7 +312,7 @@ class _Painter:
         ex, ey = rad * np.cos(ang), rad * aspect * np.sin(ang)
         xs = cx + ex * math.cos(rot) - ey * math.sin(rot)
         ys = cy + ex * math.sin(rot) + ey * math.cos(rot)
-        bw = 1 + self.px(4, 1) / r
+        bw = 1 + self.op(4, 1) / r
         by, bx = cy + (ys - cy) * bw, cx + (xs - cx) * bw
         if not self.inside(by, bx, 2):
             return False
@@ -320,18 +326,18 @@ class _Painter:
         d = np.hypot(rr - cy, cc - cx) / r
         water = self.jitter((38, 84, 104), 8)
         self.img[rr, cc] = water[None] * (1.05 - 0.25 * np.clip(1 - d, 0, 1))[:, None]
-        self.add("pond", None, rr, cc, self.px(4))
+        self.add("pond", None, rr, cc, self.op(4))
         self.terrain[brr, bcc] = True
         return True
 
     def building(self, near_road: bool) -> bool:
         rng, n = self.rng, self.n
-        length = self.px(rng.uniform(36, 86), 3)
+        length = self.op(rng.uniform(36, 86), 3)
         width = max(2.0, length * rng.uniform(0.5, 0.9))
         if near_road and self.roads:
             py, px, angle, rw = self.roads[int(rng.integers(len(self.roads)))]
             t = rng.uniform(-0.7, 0.7) * n
-            off = (rw / 2 + self.px(rng.uniform(6, 12)) + width / 2) * rng.choice([-1, 1])
+            off = (rw / 2 + self.op(rng.uniform(6, 12)) + width / 2) * rng.choice([-1, 1])
             cx = px + t * math.cos(angle) - off * math.sin(angle)
             cy = py + t * math.sin(angle) + off * math.cos(angle)
         else:
@@ -347,7 +353,7 @@ class _Painter:
         if rr.size < 4 or not self.free(rr, cc):
             return False
         colour = str(rng.choice(list(_ROOF_RGB), p=[0.32, 0.26, 0.2, 0.22]))
-        h = self.px(rng.uniform(6, 14))
+        h = self.op(rng.uniform(6, 14))
         hy, hx = _hull(np.r_[ys, ys + h * self.sun[0]], np.r_[xs, xs + h * self.sun[1]])
         srr, scc = polygon(hy, hx, (n, n))
         self.shade(srr, scc, 0.45)
@@ -356,27 +362,27 @@ class _Painter:
         across = -(cc - cx) * math.sin(angle) + (rr - cy) * math.cos(angle)
         if rng.random() < 0.55:  # gable roof: two slopes lit differently, a ridge line
             light = np.where(across > 0, 1.0, 0.78).astype(np.float32)
-            light[np.abs(across) < self.px(0.8, 0.5)] = 1.12
+            light[np.abs(across) < self.op(0.8, 0.5)] = 1.12
         else:  # flat roof: darker parapet, a rooftop unit
             light = np.ones(rr.size, np.float32)
-            edge = (np.abs(across) > width / 2 - self.px(2.5)) | (
-                np.abs(along) > length / 2 - self.px(2.5)
+            edge = (np.abs(across) > width / 2 - self.op(2.5)) | (
+                np.abs(along) > length / 2 - self.op(2.5)
             )
             light[edge] = 0.8
-            unit = (np.abs(along - length * 0.2) < self.px(5)) & (np.abs(across) < self.px(4))
+            unit = (np.abs(along - length * 0.2) < self.op(5)) & (np.abs(across) < self.op(4))
             light[unit] = 0.66
         self.img[rr, cc] = np.clip(roof[None] * light[:, None], 0, 255)
-        self.add("building", colour, rr, cc, self.px(5))
+        self.add("building", colour, rr, cc, self.op(5))
         return True
 
     def tank(self, cluster: bool) -> bool:
         rng, n = self.rng, self.n
-        r = self.px(rng.uniform(13, 34), 1.5)
+        r = self.op(rng.uniform(13, 34), 1.5)
         tanks = [o for o in self.objects if o[0] == "storage tank"]
         if cluster and tanks:
             _, _, prr, pcc = tanks[int(rng.integers(len(tanks)))]
             pr = math.sqrt(prr.size / math.pi)
-            a, gap = rng.uniform(0, 2 * math.pi), pr + r + self.px(rng.uniform(7, 14))
+            a, gap = rng.uniform(0, 2 * math.pi), pr + r + self.op(rng.uniform(7, 14))
             cy, cx = prr.mean() + gap * math.sin(a), pcc.mean() + gap * math.cos(a)
         else:
             cy, cx = rng.uniform(0, n, 2)
@@ -392,17 +398,17 @@ class _Painter:
         base = self.jitter(_TANK_RGB[colour], 8)
         d = np.hypot(rr - cy, cc - cx)
         light = np.ones(rr.size, np.float32)
-        light[d > r - self.px(2.2, 1)] = 0.62  # rim
-        light[np.abs(d - 0.55 * r) < self.px(0.8, 0.5)] = 0.85  # floating-roof seam
+        light[d > r - self.op(2.2, 1)] = 0.62  # rim
+        light[np.abs(d - 0.55 * r) < self.op(0.8, 0.5)] = 0.85  # floating-roof seam
         light *= 1.0 + 0.08 * ((cc - cx) * self.sun[1] + (rr - cy) * self.sun[0]) / r * -1
         self.img[rr, cc] = np.clip(base[None] * light[:, None], 0, 255)
-        self.add("storage tank", colour, rr, cc, self.px(4))
+        self.add("storage tank", colour, rr, cc, self.op(4))
         return True
 
     def vehicle(self, category: str, where: str) -> bool:
         rng, n = self.rng, self.n
-        length = self.px(rng.uniform(27, 32) if category == "car" else rng.uniform(48, 58), 2.5)
-        width = self.px(rng.uniform(13, 15) if category == "car" else rng.uniform(15, 17), 1.5)
+        length = self.op(rng.uniform(27, 32) if category == "car" else rng.uniform(48, 58), 2.5)
+        width = self.op(rng.uniform(13, 15) if category == "car" else rng.uniform(15, 17), 1.5)
         on_road = where == "road" and bool(self.roads)
         if on_road:
             py, px, angle, rw = self.roads[int(rng.integers(len(self.roads)))]
@@ -415,7 +421,7 @@ class _Painter:
             _, _, prr, pcc = ponds[int(rng.integers(len(ponds)))]
             i = int(rng.integers(prr.size))
             a = math.atan2(prr[i] - prr.mean(), pcc[i] - pcc.mean())
-            dist = self.px(rng.uniform(10, 16)) + width
+            dist = self.op(rng.uniform(10, 16)) + width
             cy, cx = prr[i] + dist * math.sin(a), pcc[i] + dist * math.cos(a)
             angle = a + math.pi / 2
         else:
@@ -430,7 +436,7 @@ class _Painter:
         if on_road and not self.road[rr, cc].all():
             return False
         colour = str(rng.choice(COLOURS))
-        srr, scc = polygon(ys + self.px(2.5) * self.sun[0], xs + self.px(2.5) * self.sun[1], (n, n))
+        srr, scc = polygon(ys + self.op(2.5) * self.sun[0], xs + self.op(2.5) * self.sun[1], (n, n))
         self.shade(srr, scc, 0.55)
         body = self.jitter(_VEHICLE_RGB[colour], 10)
         u = (
@@ -448,15 +454,15 @@ class _Painter:
         col = body[None] * light[:, None]
         col[win] = glass * 0.7 + body * 0.3 * (colour != "black")
         self.img[rr, cc] = np.clip(col, 0, 255)
-        self.add(category, colour, rr, cc, self.px(3))
+        self.add(category, colour, rr, cc, self.op(3))
         return True
 
     def trees(self, count: int) -> None:
         rng, n = self.rng, self.n
         for _ in range(count):
-            r = self.px(rng.uniform(3, 7), 1)
+            r = self.op(rng.uniform(3, 7), 1)
             cy, cx = rng.uniform(r, n - r, 2)
-            rr, cc = disk((cy, cx), r + self.px(3, 1), shape=(n, n))
+            rr, cc = disk((cy, cx), r + self.op(3, 1), shape=(n, n))
             if self.blocked[rr, cc].any() or self.terrain[rr, cc].any():
                 continue
             srr, scc = disk(
@@ -473,12 +479,14 @@ def _place(fn, tries: int, *args) -> bool:  # noqa: ANN001
     return any(fn(*args) for _ in range(tries))
 
 
-def generate_scene(seed: int, size: int = 512) -> Scene:
+def generate_scene(seed: int, size: int = 512, *, object_scale: float = 1.0) -> Scene:
     """Paint one aerial-looking scene, deterministically from ``seed``.
 
     Args:
         seed: any non-negative integer; the same seed and size give the same bytes.
         size: the image side in pixels (square), at least 32; objects scale with it.
+        object_scale: multiplies object and road sizes (1.0: a car is ~6% of the image
+            side; 1.5 makes every object larger and fewer of them fit).
 
     Returns:
         :class:`Scene` with ``image`` uint8 (size, size, 3), ``instances`` int32
@@ -491,8 +499,10 @@ def generate_scene(seed: int, size: int = 512) -> Scene:
         )
     if int(seed) < 0:
         raise InputError(f"synthetic scene seed {seed} is negative; use a seed >= 0")
+    if not 0.5 <= float(object_scale) <= 2.5:
+        raise InputError(f"object_scale {object_scale} is out of range; use a value in [0.5, 2.5]")
     rng = np.random.default_rng(int(seed))
-    p = _Painter(rng, int(size))
+    p = _Painter(rng, int(size), float(object_scale))
     p.land_cover()
     if rng.random() < 0.35:
         p.river_band()

@@ -4,12 +4,13 @@
 tensors; :func:`collate_referring` batches them. Resizing: the image bilinear with
 antialiasing (matches PIL's BILINEAR, the LAVT-family pipeline); the mask and the entity
 map nearest-neighbour in PIL's convention (the source pixel under each target pixel's
-centre: torch's ``nearest-exact``), so the 480x480 evaluation target equals the published
+centre, indices read off PIL itself), so the 480x480 evaluation target equals the published
 protocol's.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +35,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Tokenizer = Callable[[list[str]], dict[str, torch.Tensor]]
 
 
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    """numpy -> tensor sharing memory when possible (copies read-only or strided arrays)."""
+    arr = np.asarray(arr)
+    if not (arr.flags.writeable and arr.flags.c_contiguous):
+        arr = np.array(arr, order="C")
+    return torch.from_numpy(arr)
+
+
 def _size2(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
@@ -50,13 +59,28 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     )[0]
 
 
+@functools.lru_cache(maxsize=64)
+def _pil_nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Source index of each of ``n_out`` target pixels under PIL's NEAREST resize.
+
+    Read off PIL itself (a ramp image resized), so boundary cases where a target centre lands
+    exactly on a source pixel edge (512 -> 480) round the same way as the published protocol.
+    """
+    from PIL import Image
+
+    ramp = Image.fromarray(np.arange(n_in, dtype=np.int32)[None, :], mode="I")
+    idx = np.asarray(ramp.resize((n_out, 1), Image.Resampling.NEAREST))[0]
+    return torch.from_numpy(idx.astype(np.int64))
+
+
 def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest (PIL convention) resize of an integer ``(H, W)`` map to ``size``; dtype kept."""
-    if tuple(labels.shape[-2:]) == tuple(size):
+    """Nearest resize (exactly PIL's NEAREST) of an ``(..., H, W)`` map to ``size``; dtype kept."""
+    h, w = labels.shape[-2:]
+    if (h, w) == tuple(size):
         return labels
-    # uint8 is not supported by nearest-exact on every backend: go through float32 (exact).
-    out = F.interpolate(labels[None, None].float(), size=size, mode="nearest-exact")[0, 0]
-    return out.to(labels.dtype)
+    rows = _pil_nearest_index(h, size[0]).to(labels.device)  # (S_h,)
+    cols = _pil_nearest_index(w, size[1]).to(labels.device)  # (S_w,)
+    return labels.index_select(-2, rows).index_select(-1, cols)
 
 
 class ReferringTransform:
@@ -102,18 +126,16 @@ class ReferringTransform:
         size = self.size or (h, w)
         out = {k: v for k, v in sample.items() if k not in {"image", "mask", "entities"}}
 
-        img = (
-            torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-        )  # (3, H, W)
+        img = _tensor(image).permute(2, 0, 1).float().div_(255)  # (3, H, W)
         img = resize_image(img, size)  # (3, S, S)
         out["image"] = (img - self.mean) / self.std
 
         if "mask" in sample:
-            mask = torch.from_numpy(np.ascontiguousarray(sample["mask"]))  # (H, W) uint8
+            mask = _tensor(sample["mask"])  # (H, W) uint8
             out["mask_orig"] = mask.bool()
             out["mask"] = resize_labels(mask, size).long()  # (S, S)
         if "entities" in sample:
-            ent = torch.from_numpy(np.ascontiguousarray(sample["entities"]))  # (H, W) uint8
+            ent = _tensor(sample["entities"])  # (H, W) uint8
             out["entities"] = resize_labels(ent, size).long()  # (S, S)
 
         if self.tokenizer is not None:
