@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from entitwist.errors import ConfigError, DataError, EntitwistError
+from entitwist.errors import CheckpointError, ConfigError, DataError, EntitwistError
 
 DATASETS = ("auto", "jsonl", "refsegrs", "rrsisd", "risbench", "folder")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
@@ -245,6 +245,8 @@ def _work(item: tuple[str, str]) -> dict[str, Any]:
         image = read_image(path)
         labels, n_masks = compute_entities_with_count(image, _STATE["generator"], _STATE["k"])
         _STATE["store"].save(key, labels)
+    except (CheckpointError, ConfigError):
+        raise  # the generator itself is broken: every image would fail, stop the run
     except EntitwistError as exc:
         return {"key": key, "path": path, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - report, count, and go on with the others
