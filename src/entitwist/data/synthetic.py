@@ -536,6 +536,18 @@ def write_dataset(
     ``overwrite`` (which deletes the dataset's own entries: images, masks, entities,
     annotations).
 
+    Args:
+        out_dir: the dataset folder (created).
+        n_scenes: number of scenes (images).
+        size: image side in pixels.
+        seed: dataset seed; scene ``i`` uses :func:`scene_seed` ``(seed, i)``.
+        splits: (train, val, test) fractions of the scenes.
+        expressions_per_scene: sentences per image (fewer where a scene allows fewer).
+        overwrite: replace a dataset in a non-empty ``out_dir``.
+        types: restrict to these :data:`EXPRESSION_TYPES` (default all).
+        object_scale: object size multiplier, see :func:`generate_scene`.
+        progress: show a tqdm bar.
+
     Returns:
         summary dict: root, scenes, samples, per-split and per-type counts, seconds.
     """
