@@ -40,9 +40,12 @@ def _reset_truncation_warning() -> None:
 
 
 def _hub_failure(what: str, source: str, exc: Exception) -> ConfigError:
+    if what == "tokenizer":
+        fix = "pass a local directory as text__pretrained, or a vocab.txt / tokenizer folder as text__vocab"
+    else:
+        fix = "pass a local directory as text__pretrained, or text__pretrained=None for random weights"
     return ConfigError(
-        f"could not load the {what} {source!r} ({type(exc).__name__}: no network or not in the local "
-        f"cache?); pass a local directory as text__pretrained, or text__pretrained=None for random weights"
+        f"could not load the {what} {source!r} ({type(exc).__name__}: no network or not in the local cache?); {fix}"
     )
 
 
@@ -181,7 +184,10 @@ def build_tokenizer(config: TextConfig) -> Tokenizer:
                 raise ConfigError("the tiny vocabulary is a BERT vocabulary; use text.kind='bert'")
             backend = _bert_backend(TINY_VOCAB)
         elif os.path.isdir(vocab):
-            backend = _from_dir(config.kind, vocab)
+            try:
+                backend = _from_dir(config.kind, vocab)
+            except OSError as exc:
+                raise ConfigError(f"text.vocab={vocab!r} holds no tokenizer ({exc})") from None
         elif os.path.isfile(vocab):
             if config.kind != "bert":
                 raise ConfigError(
@@ -195,7 +201,12 @@ def build_tokenizer(config: TextConfig) -> Tokenizer:
     elif config.pretrained is not None:
         source = os.path.expanduser(config.pretrained)
         if _is_local(source):
-            backend = _from_dir(config.kind, source)
+            try:
+                backend = _from_dir(config.kind, source)
+            except OSError as exc:
+                raise ConfigError(
+                    f"text.pretrained={source!r} holds no tokenizer ({exc})"
+                ) from None
         else:
             try:
                 backend = _from_dir(config.kind, source)
@@ -210,6 +221,18 @@ def build_tokenizer(config: TextConfig) -> Tokenizer:
 
 
 def _from_dir(kind: str, source: str) -> Any:
+    """A tokenizer from a local directory or a hub id.
+
+    transformers 5 returns an *empty* tokenizer (5 special tokens, every word [UNK]) for a
+    source it cannot find, so the result is checked for a real vocabulary.
+    """
+    backend = _from_dir_unchecked(kind, source)
+    if len(backend) < 10:
+        raise OSError(f"no tokenizer vocabulary found at {source!r}")
+    return backend
+
+
+def _from_dir_unchecked(kind: str, source: str) -> Any:
     if kind == "clip":
         from transformers import CLIPTokenizer
 
@@ -217,6 +240,11 @@ def _from_dir(kind: str, source: str) -> Any:
     from transformers import BertTokenizer
 
     vocab_file = Path(source) / "vocab.txt"
+    if not _is_local(source):
+        from huggingface_hub import hf_hub_download
+
+        vocab_file = Path(hf_hub_download(source, "vocab.txt"))
+        return BertTokenizer(vocab=read_vocab(vocab_file))
     if vocab_file.is_file():
         # Build from the vocabulary itself: never trust a fast-tokenizer file silently.
         lower = True
