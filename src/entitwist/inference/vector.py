@@ -14,6 +14,7 @@ the CRS and the attribute schema.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,13 @@ def write_polygons(
         if suffix not in VECTOR_DRIVERS:
             raise InputError(f"polygon output {str(path)!r} must end in .geojson, .json or .gpkg")
         driver = VECTOR_DRIVERS[suffix]
+    if crs is None and driver == "GeoJSON":
+        warnings.warn(
+            f"{path.name}: the image has no CRS and GeoJSON readers assume WGS84 (EPSG:4326) when none is "
+            "given; its coordinates are the image's own (pixels) - prefer .gpkg",
+            UserWarning,
+            stacklevel=2,
+        )
     geoms = [MultiPolygon([p]) if isinstance(p, Polygon) else p for p in polygons]
     crs_arg = None if crs is None else (crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
     frame = gpd.GeoDataFrame(
