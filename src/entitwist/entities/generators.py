@@ -331,11 +331,11 @@ class SamGenerator(MaskGenerator):
             raise EntitwistError(
                 "the 'sam' generator needs segment-anything: pip install 'entitwist[sam]'"
             ) from exc
-        model = _sam_builder(self.params["model_type"])()
-        try:
+        try:  # read the file before building the model: a broken file fails fast
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
                 state = state["model"]
+            model = _sam_builder(self.params["model_type"])()
             model.load_state_dict(state, strict=True)
         except Exception as exc:  # noqa: BLE001 - any load failure is the same user problem
             first = (
