@@ -77,6 +77,11 @@ def test_resize_image_matches_pil_bilinear(src, dst):
     got = resize_image(t, dst).permute(1, 2, 0).numpy() * 255
     assert np.abs(got - want).max() <= 2.0  # PIL rounds to uint8 and uses fixed point
     assert np.abs(got - want).mean() < 0.6
+    # the uint8 fast path used by ReferringTransform: within two grey levels of PIL
+    u8 = resize_image(torch.from_numpy(a).permute(2, 0, 1), dst)
+    assert u8.dtype == torch.uint8 and u8.shape == (3, *dst)
+    diff = np.abs(u8.permute(1, 2, 0).numpy().astype(float) - want)
+    assert diff.max() <= 2.0 and diff.mean() < 0.6
 
 
 def test_transform_shapes_dtypes_and_values():
@@ -159,9 +164,8 @@ def test_collate_stacks_tensors_and_lists_the_rest():
 
 
 def test_dataloader_end_to_end(tmp_path):
-    from fake_layouts import make_entities, make_jsonl
-
     from entitwist.data import load_dataset
+    from fake_layouts import make_entities, make_jsonl
 
     truth = make_jsonl(tmp_path, n_images=2)
     make_entities(tmp_path, truth["images"], k=6)

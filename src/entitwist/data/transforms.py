@@ -51,12 +51,17 @@ def _size2(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (antialiased) resize of a float ``(3, H, W)`` image to ``(3, *size)``."""
+    """Bilinear (antialiased, PIL-like) resize of a ``(3, H, W)`` image to ``(3, *size)``.
+
+    uint8 in, uint8 out (rounded, like PIL; the fast path on CPU, channels-last strides
+    welcome); float in, float out.
+    """
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    return F.interpolate(
+    out = F.interpolate(
         image[None], size=size, mode="bilinear", align_corners=False, antialias=True
-    )[0]
+    )
+    return out[0]
 
 
 @functools.lru_cache(maxsize=64)
@@ -112,6 +117,8 @@ class ReferringTransform:
         self.tokenizer = tokenizer
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self._mean255 = self.mean * 255
+        self._std255 = self.std * 255
 
     def __repr__(self) -> str:
         return f"ReferringTransform(size={self.size}, tokenizer={type(self.tokenizer).__name__})"
@@ -126,9 +133,10 @@ class ReferringTransform:
         size = self.size or (h, w)
         out = {k: v for k, v in sample.items() if k not in {"image", "mask", "entities"}}
 
-        img = _tensor(image).permute(2, 0, 1).float().div_(255)  # (3, H, W)
-        img = resize_image(img, size)  # (3, S, S)
-        out["image"] = (img - self.mean) / self.std
+        # (H, W, 3) uint8 viewed as (3, H, W) with channels-last strides: resize in uint8
+        # (fast, rounds like PIL), then normalise at the target size.
+        img = resize_image(_tensor(image).permute(2, 0, 1), size)  # (3, S, S) uint8
+        out["image"] = img.float().sub_(self._mean255).div_(self._std255).contiguous()
 
         if "mask" in sample:
             mask = _tensor(sample["mask"])  # (H, W) uint8
