@@ -523,10 +523,9 @@ def generate_scene(seed: int, size: int = 512, *, object_scale: float = 1.0) -> 
         _place(p.vehicle, 30, "truck", "road" if rng.random() < 0.5 else "land")
     p.trees(int(rng.integers(8, 30)))
     # sensor: slight global tint and grain
-    img = p.img * rng.uniform(0.96, 1.04, 3).astype(np.float32) + rng.normal(
-        0, 2.0, p.img.shape
-    ).astype(np.float32)
-    image = np.clip(img, 0, 255).astype(np.uint8)
+    img = p.img * rng.uniform(0.96, 1.04, 3).astype(np.float32)
+    img += 2.0 * rng.standard_normal(img.shape, dtype=np.float32)
+    image = np.clip(img, 0, 255, out=img).astype(np.uint8)
     objects = []
     for k, (cat, colour, rr, cc) in enumerate(p.objects, start=1):
         objects.append(
