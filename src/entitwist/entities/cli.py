@@ -421,7 +421,10 @@ def _run(
         else:
             import multiprocessing as mp
 
-            ctx = mp.get_context("spawn")  # safe with torch threads (SAM); skimage does not care
+            # fork starts workers at once; once torch is loaded (SAM) its threads make fork
+            # unsafe, so spawn then
+            fork_ok = "fork" in mp.get_all_start_methods() and "torch" not in sys.modules
+            ctx = mp.get_context("fork" if fork_ok else "spawn")
             with ctx.Pool(
                 processes=args.workers,
                 initializer=_init_worker,
