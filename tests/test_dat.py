@@ -86,15 +86,20 @@ def test_spatial_attention_kv_stride(stride: int) -> None:
         )  # documents the equivalence used
 
 
-def test_spatial_attention_runs_fused_cpu_kernel() -> None:
+def test_attention_runs_fused_cpu_kernel_forward_and_backward() -> None:
     """float32 on CPU must take the flash kernel, not the math fallback that builds (HW)^2."""
     from torch.profiler import profile
 
     sa = SpatialCrossAttention(D, heads=2)
-    with torch.no_grad(), profile() as prof:
-        sa(torch.randn(1, D, 12, 12), torch.randn(1, D, 12, 12))
-    names = {e.name for e in prof.events()}
-    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+    ca = CrossAttention(D, 12, heads=2)
+    x = torch.randn(1, D, 12, 12, requires_grad=True)
+    key_mask = torch.tensor([[1, 1, 0, 0, 0]])
+    with profile() as prof:
+        sa(x, x).sum().backward()
+        ca(torch.randn(1, 30, D), torch.randn(1, 5, 12), key_mask).sum().backward()
+    names = [e.name for e in prof.events()]
+    assert names.count("aten::_scaled_dot_product_flash_attention_for_cpu") == 2
+    assert names.count("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == 2
     assert "aten::_scaled_dot_product_attention_math" not in names
 
 

@@ -91,9 +91,9 @@ def entity_area_maps(labels: Tensor, num_entities: int, size: tuple[int, int]) -
         counts = torch.bincount(index.reshape(-1), minlength=b * (k + 1) * h * w)
         area = counts.view(b, k + 1, h, w)[:, 1:].float() / float(sy * sx)  # (B, K, H, W)
         return area
-    onehot = F.one_hot(labels, k + 1)[..., 1:]  # (B, H0, W0, K)
-    onehot = onehot.permute(0, 3, 1, 2).float()  # (B, K, H0, W0)
-    return F.adaptive_avg_pool2d(onehot, (h, w))
+    onehot = labels.new_zeros((b, k + 1, h0, w0), dtype=torch.float32)
+    onehot.scatter_(1, labels[:, None], 1.0)  # (B, K+1, H0, W0), float32 rather than int64
+    return F.adaptive_avg_pool2d(onehot[:, 1:], (h, w))
 
 
 def mask_average_pooling(features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
