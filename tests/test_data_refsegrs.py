@@ -88,3 +88,13 @@ def test_bad_input(refsegrs):
     ds = load_dataset("refsegrs", root, "test", entities=None)
     with pytest.raises(DataError, match=r"cannot read .*\.tif.*corrupt"):
         ds[0]
+
+
+def test_keys_written_with_suffix_are_accepted(refsegrs):
+    root, truth = refsegrs
+    f = root / "output_phrase_val.txt"
+    lines = f.read_text().splitlines()
+    f.write_text("\n".join(ln.replace(" ", ".tif ", 1) for ln in lines) + "\n")
+    ds = load_dataset("refsegrs", root, "val", entities=None)
+    assert [r.sample_id for r in ds.records] == [w["sample_id"] for w in truth["samples"]["val"]]
+    np.testing.assert_array_equal(ds[1]["mask"], truth["samples"]["val"][1]["mask"])

@@ -59,3 +59,27 @@ def test_bad_input(risbench):
         DataError, match=rf"masks listed in .*output_phrase_test.txt not found: .*{name}"
     ):
         load_dataset("risbench", root, "test")
+
+
+def test_bare_stems_in_phrase_lines_get_png(risbench):
+    root, truth = risbench
+    f = root / "output_phrase_val.txt"
+    f.write_text(f.read_text().replace(".png ", " "))
+    ds = load_dataset("risbench", root, "val", entities=None)
+    np.testing.assert_array_equal(ds[0]["mask"], truth["samples"]["val"][0]["mask"])
+
+
+def test_unreadable_split_file(risbench, monkeypatch):
+    root, _ = risbench
+    from pathlib import Path
+
+    real = Path.read_bytes
+
+    def deny(self):
+        if self.name == "output_phrase_test.txt":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    with pytest.raises(DataError, match=r"cannot read .*output_phrase_test.txt: Permission denied"):
+        load_dataset("risbench", root, "test")

@@ -105,7 +105,12 @@ def read_text_lines(path: Path, what: str) -> list[str]:
     """Read a UTF-8 text file (BOM allowed) into lines; one-line DataError when it fails."""
     if not path.is_file():
         raise DataError(f"{what} not found: {path}; check the dataset root and split name")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(
+            f"cannot read {path}: {exc.strerror or exc}; check that the file is readable"
+        ) from exc
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -78,6 +78,8 @@ def read_array(
                 arr = np.asarray(im.convert("RGB"))
             else:
                 arr = np.asarray(im)
+    except PermissionError as exc:
+        raise DataError(f"cannot read {path}: permission denied; make the file readable") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if path.suffix.lower() in _TIFF_SUFFIXES:
             return _read_tiff(path, exc)

@@ -56,7 +56,11 @@ def load_refsegrs(
     root = check_root("refsegrs", root)
     check_split("refsegrs", split, SPLITS)
     phrase_file = root / f"output_phrase_{split}.txt"
-    lines = parse_phrase_file(phrase_file)
+    # Lines name the stem; a key written with the image suffix ("12.tif") is accepted too.
+    lines = [
+        (n, k[: -len(image_suffix)] if k.endswith(image_suffix) else k, t)
+        for n, k, t in parse_phrase_file(phrase_file)
+    ]
     ids = unique_ids([stem for _, stem, _ in lines])
     records = []
     for (_, stem, sentence), sid in zip(lines, ids):

@@ -55,7 +55,10 @@ def load_risbench(
     root = check_root("risbench", root)
     check_split("risbench", split, SPLITS)
     phrase_file = root / f"output_phrase_{split}.txt"
-    lines = parse_phrase_file(phrase_file)
+    # Lines name the file with its suffix ("<file.png> <sentence>"); a bare stem gets ".png".
+    lines = [
+        (n, k if Path(k).suffix else f"{k}.png", t) for n, k, t in parse_phrase_file(phrase_file)
+    ]
     stems = [Path(name).stem for _, name, _ in lines]
     records = []
     for (_, name, sentence), stem, sid in zip(lines, stems, unique_ids(stems)):
