@@ -259,6 +259,8 @@ def test_stale_temporaries_are_skipped_and_removed(tmp_path: Path) -> None:
 def test_image_key_and_find_store(tmp_path: Path) -> None:
     assert E.image_key(tmp_path, tmp_path / "images" / "scene_0001.png") == "images/scene_0001"
     assert E.image_key(tmp_path, tmp_path / "a" / "b" / "c.d.tif") == "a/b/c.d"
+    with pytest.raises(DataError, match="outside the dataset root"):
+        E.image_key(tmp_path / "root", tmp_path / "elsewhere.png")
     assert E.find_store(tmp_path) is None
     E.EntityStore(tmp_path / "entities" / "felzenszwalb", generator=E.get_generator())
     assert E.find_store(tmp_path).directory.name == "felzenszwalb"

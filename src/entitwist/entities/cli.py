@@ -260,10 +260,10 @@ def _work(item: tuple[str, str]) -> dict[str, Any]:
     }
 
 
-def _stats(values: list[float], fmt: str) -> str:
+def _stats(values: list[int]) -> str:
     if not values:
-        return "n/a"
-    return f"mean {np.mean(values):{fmt}}, min {min(values):{fmt}}, max {max(values):{fmt}}"
+        return "n/a (no image processed)"
+    return f"mean {np.mean(values):.1f}, min {min(values)}, max {max(values)}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"images: {len(items)} in shard, {len(done)} done, {skipped} skipped (stored), {len(failed)} failed"
     )
-    print(f"masks per image: {_stats([r['masks'] for r in done], '.1f')}")
-    print(f"entities per map (K={k}): {_stats([r['entities'] for r in done], '.1f')}")
+    print(f"masks per image: {_stats([r['masks'] for r in done])}")
+    print(f"entities per map (K={k}): {_stats([r['entities'] for r in done])}")
     wall = results.wall
     per = [r["seconds"] for r in done]
     print(

@@ -68,7 +68,13 @@ def default_store_dir(
 
 def image_key(root: str | os.PathLike, image_path: str | os.PathLike) -> str:
     """Key of an image: its path relative to ``root``, POSIX separators, suffix removed."""
-    rel = Path(os.path.abspath(image_path)).relative_to(os.path.abspath(root))
+    try:
+        rel = Path(os.path.abspath(image_path)).relative_to(os.path.abspath(root))
+    except ValueError as exc:
+        raise DataError(
+            f"image {image_path} is outside the dataset root {root}; entity maps are keyed by "
+            "the path inside the root, move the image into it"
+        ) from exc
     rel_posix = PurePosixPath(*rel.parts)
     return str(rel_posix.with_suffix("")) if rel_posix.suffix else str(rel_posix)
 
