@@ -312,6 +312,7 @@ def test_unknown_hub_id_offline_is_a_checkpoint_error(monkeypatch):
         Predictor.from_pretrained("nobody-xyz/not-a-model-entitwist")
 
 
+@pytest.mark.slow
 def test_real_tiny_network_roundtrip(tmp_path):
     """The real network: save_pretrained -> Predictor.from_pretrained -> batched predict,
     checked against a direct forward of the loaded network."""

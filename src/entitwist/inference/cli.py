@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -122,20 +123,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+KINDS = ("mask_png", "mask_tif", "probability", "polygons", "overlay")
+
+
 @dataclass
 class OutputPlan:
-    """Where each kind of output goes (None: not written)."""
+    """The outputs to write: ``(kind, path)`` pairs, kind one of :data:`KINDS`.
 
-    mask_png: Path | None = None
-    mask_tif: Path | None = None
-    probability: Path | None = None
-    polygons: Path | None = None
-    overlay: Path | None = None
-    geo_outputs: list[str] = field(default_factory=list)
+    A kind may appear more than once (``-o roofs.geojson -o roofs.gpkg``).
+    """
+
+    outputs: list[tuple[str, Path]] = field(default_factory=list)
 
     def targets(self) -> list[tuple[str, Path]]:
-        kinds = ("mask_png", "mask_tif", "probability", "polygons", "overlay")
-        return [(k, getattr(self, k)) for k in kinds if getattr(self, k) is not None]
+        return list(self.outputs)
+
+    def paths(self, kind: str) -> list[Path]:
+        return [p for k, p in self.outputs if k == kind]
+
+    @property
+    def geo_outputs(self) -> list[str]:
+        return [k for k in ("mask_tif", "probability", "polygons") if self.paths(k)]
 
 
 def _classify(path: Path) -> str:
@@ -196,10 +204,6 @@ def plan_outputs(args: argparse.Namespace) -> OutputPlan:
     image = Path(args.image).resolve()
     seen: dict[Path, str] = {}
     for kind, path in chosen:
-        if getattr(plan, kind) is not None:
-            raise InputError(
-                f"two outputs of the same kind ({kind}): {getattr(plan, kind)} and {path}; keep one"
-            )
         resolved = path.resolve()
         if resolved in seen:
             raise InputError(
@@ -218,10 +222,7 @@ def plan_outputs(args: argparse.Namespace) -> OutputPlan:
         if path.exists() and not args.overwrite:
             raise InputError(f"output {str(path)!r} exists; pass --overwrite to replace it")
         seen[resolved] = kind
-        setattr(plan, kind, path)
-    plan.geo_outputs = [
-        k for k in ("mask_tif", "probability", "polygons") if getattr(plan, k) is not None
-    ]
+        plan.outputs.append((kind, path))
     return plan
 
 
@@ -262,7 +263,9 @@ class _LabelMapSource:
                 f"--entities {path!r} does not exist; give a label-map file, 'auto' or 'none'"
             )
         try:
-            self.ds = rasterio.open(p)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.ds = rasterio.open(p)
         except Exception:
             raise InputError(
                 f"--entities {path!r} is not a readable label-map image; recompute it"
@@ -309,6 +312,11 @@ def _warn_sentence_length(predictor: Any, sentence: str) -> None:
             UserWarning,
             stacklevel=2,
         )
+
+
+def plan_paths(pairs: list[tuple[str, Path]], kind: str) -> list[Path]:
+    """The paths of one kind in a list of ``(kind, path)`` pairs."""
+    return [p for k, p in pairs if k == kind]
 
 
 def segment_to_files(
@@ -375,9 +383,13 @@ def segment_to_files(
             return predictor.predict_probability(rgb, [sentence], entities=ent)[0]
 
         # Temporary targets: renamed onto the real paths only when everything succeeded.
-        tmp: dict[str, Path] = {}
-        for kind, path in plan.targets():
-            tmp[kind] = stack.enter_context(atomic_path(path, overwrite=overwrite))
+        temps: list[tuple[str, Path]] = [
+            (kind, stack.enter_context(atomic_path(path, overwrite=overwrite)))
+            for kind, path in plan.targets()
+        ]
+        tmp: dict[str, Path] = {}  # the first temporary file of each kind
+        for kind, path in temps:
+            tmp.setdefault(kind, path)
         scratch = Path(
             stack.enter_context(
                 tempfile.TemporaryDirectory(prefix=".entitwist-", dir=plan.targets()[0][1].parent)
@@ -415,16 +427,20 @@ def segment_to_files(
         result = segment_scene(source, predict, sink, opts, progress=progress)
         for w in writers.values():
             w.close()
-        if "mask_png" in tmp:
-            tmp["mask_png"].unlink(missing_ok=True)
-            rasterio.shutil.copy(scratch / "mask255.tif", tmp["mask_png"], driver="PNG")
+        for kind, path in temps:
+            if kind == "mask_png":
+                path.unlink(missing_ok=True)
+                rasterio.shutil.copy(scratch / "mask255.tif", path, driver="PNG")
+            elif kind in {"mask_tif", "probability"} and path != tmp[kind]:
+                shutil.copyfile(tmp[kind], path)
         n_polygons = None
         if "polygons" in tmp:
             polys = raster_to_polygons(
                 mask_path, source.transform if source.georeferenced else None
             )
             polys = filter_polygons(polys, min_area=min_area, tolerance=simplify)
-            write_polygons(tmp["polygons"], polys, source.crs, sentence=sentence)
+            for path in plan_paths(temps, "polygons"):
+                write_polygons(path, polys, source.crs, sentence=sentence)
             n_polygons = len(polys)
         if "overlay" in tmp:
             from rasterio.enums import Resampling
@@ -436,13 +452,12 @@ def segment_to_files(
                     )
                     > 0
                 )
-            save_overlay(
-                tmp["overlay"], result.overview_rgb, small, sentence, max_side=overlay_max_side
-            )
+            for path in plan_paths(temps, "overlay"):
+                save_overlay(path, result.overview_rgb, small, sentence, max_side=overlay_max_side)
         seconds = time.perf_counter() - started
         umask = os.umask(0)
         os.umask(umask)
-        for path in tmp.values():  # mkstemp makes 0600 files; give outputs the usual mode
+        for _, path in temps:  # mkstemp makes 0600 files; give outputs the usual mode
             path.chmod(0o666 & ~umask)
     return {
         "width": source.width,
@@ -455,12 +470,14 @@ def segment_to_files(
         "tiles_refined": result.tiles_refined,
         "tiles_total": result.tiles_total,
         "seconds": seconds,
-        "outputs": {k: str(p) for k, p in plan.targets()},
+        "outputs": [(k, str(p)) for k, p in plan.targets()],
     }
 
 
 def main(argv: list[str]) -> int:
     """Run ``entitwist segment``; user errors raise :class:`EntitwistError` (exit 2 via the dispatcher)."""
+    from rasterio.errors import NotGeoreferencedWarning
+
     from entitwist.inference.tiling import TilingOptions
 
     args = build_parser().parse_args(argv)
@@ -498,6 +515,7 @@ def main(argv: list[str]) -> int:
         )  # reported by our own line
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # plain PNG/JPEG inputs
         try:
             summary = segment_to_files(
                 args.image,
@@ -533,7 +551,7 @@ def main(argv: list[str]) -> int:
             f"segmented {summary['width']}x{summary['height']} ({summary['crs'] or 'no CRS'}) in "
             f"{summary['seconds']:.1f} s{tiles}: {summary['mask_pixels']} mask pixels ({share:.2f} %)"
         )
-        for kind, path in summary["outputs"].items():
+        for kind, path in summary["outputs"]:
             print(f"  {kind:<12} {path}")
     return 0
 

@@ -214,7 +214,7 @@ def segment_scene(
     opts.validate()
     height, width = source.shape
     with tqdm(
-        total=height, desc="reading scene", unit="row", disable=not progress, leave=False
+        total=height, desc="reading scene", unit="row", disable=not progress, leave=False, delay=0.5
     ) as bar:
         raw, ov_valid, factor = source.overview(opts.max_side, progress=bar)  # (3, h, w), (h, w)
     source.set_stretch_from(raw, ov_valid)  # raises for an all-nodata scene
@@ -268,7 +268,11 @@ def segment_scene(
         acc0 = upto
 
     with tqdm(
-        total=len(tiles), desc="refining tiles", unit="tile", disable=not progress or not tiles
+        total=len(tiles),
+        desc="refining tiles",
+        unit="tile",
+        disable=not progress or not tiles,
+        delay=0.5,
     ) as bar:
         for r, c, th, tw in tiles:
             if r - acc0 >= block:
