@@ -10,7 +10,9 @@ modes:
   ``DataLoader`` seeds in every worker from its own ``generator`` (so seeding the loader
   reproduces the draws, and workers never repeat each other). With ``seed=<int>`` the draw
   is a pure function of ``(seed, epoch, i)``, independent of workers and order; call
-  :meth:`ReferringDataset.set_epoch` every epoch to change it.
+  :meth:`ReferringDataset.set_epoch` every epoch to change it (workers hold a copy of the
+  dataset: with ``persistent_workers=True`` the new epoch does not reach them, so use
+  ``seed=None`` there).
 - ``one_expression_per_ref=False`` (evaluation): ``len(ds)`` is the number of expressions
   and ``ds[i]`` is expression ``i``, in file order.
 
