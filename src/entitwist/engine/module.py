@@ -1,0 +1,428 @@
+"""``EntiTwistModule``: the LightningModule that trains and scores an Enti-TwistNet.
+
+- the network comes from :func:`entitwist.create_model` (a registered name plus config
+  overrides, so every ablation is a YAML edit) or from a ``save_pretrained`` folder;
+- loss: :func:`entitwist.models.loss.referring_loss`; a non-finite loss stops training with
+  :class:`NonFiniteLossError` naming the global step and the batch's sample ids;
+- optimiser: AdamW with the no-decay groups and the per-iteration polynomial schedule of
+  :mod:`entitwist.engine.optim`;
+- validation and test: :class:`~entitwist.metrics.ReferringMetrics` under both protocols,
+  logged as ``val/mIoU`` (LAVT protocol, the one checkpoints are selected on) and
+  ``val/original/mIoU`` (original resolution), and likewise for ``test``;
+- checkpoints carry the :class:`~entitwist.config.ModelConfig` and the random-number
+  states (so a resumed run continues the same random stream); they are read with
+  ``torch.load(weights_only=True)`` only (:func:`load_checkpoint`);
+- :class:`ExportBestCallback` writes the best-on-validation weights as a
+  ``save_pretrained`` folder when fitting ends.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from entitwist.errors import CheckpointError, ConfigError, EntitwistError
+from entitwist.metrics import ReferringMetrics, upsample_to_original
+
+__all__ = [
+    "CONFIG_KEY",
+    "EntiTwistModule",
+    "ExportBestCallback",
+    "NonFiniteLossError",
+    "load_checkpoint",
+    "model_from_checkpoint",
+]
+
+CONFIG_KEY = "entitwist_model_config"
+_RNG_KEY = "entitwist_rng_states"
+PROTOCOL_PREFIX = {"lavt": "", "original": "original/"}
+
+
+class NonFiniteLossError(EntitwistError):
+    """The training loss became NaN or infinite; training stops instead of training through."""
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Read a Lightning ``.ckpt`` without running pickled code (``weights_only=True``).
+
+    Raises :class:`CheckpointError` (one line) when the file is missing, is not a torch
+    checkpoint, or holds objects other than tensors and plain containers, which is what a
+    tampered pickle (an object whose ``__reduce__`` runs code) looks like.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not exist; give a .ckpt file written by `entitwist fit`"
+        )
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+            raise CheckpointError(
+                f"refused to load {str(path)!r}: it holds pickled objects other than tensors "
+                f"(possibly code) and entitwist loads checkpoints with weights_only=True only ({reason})"
+            ) from None
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason})") from None
+    if not isinstance(data, dict) or "state_dict" not in data:
+        raise CheckpointError(
+            f"{str(path)!r} is not a Lightning checkpoint (no state_dict); give a .ckpt from `entitwist fit`"
+        )
+    return data
+
+
+def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """The :class:`~entitwist.models.enti_twistnet.EntiTwistNet` stored in a ``.ckpt``.
+
+    The architecture comes from the ModelConfig saved in the checkpoint; no pretrained
+    weights are fetched (the checkpoint holds them all).
+    """
+    from entitwist.config import ModelConfig
+    from entitwist.models.enti_twistnet import EntiTwistNet
+
+    data = load_checkpoint(path, map_location)
+    if CONFIG_KEY not in data:
+        raise CheckpointError(
+            f"{str(path)!r} has no model config; it was not written by entitwist's trainer"
+        )
+    try:
+        config = ModelConfig.from_dict(data[CONFIG_KEY])
+    except ConfigError as exc:
+        raise CheckpointError(f"{str(path)!r} holds an invalid model config: {exc}") from None
+    model = EntiTwistNet(config.replace(visual__pretrained=None, text__pretrained=None))
+    model._tokenizer_config = config.text  # the tokenizer of the original source
+    model.config = config
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in data["state_dict"].items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise CheckpointError(f"{str(path)!r} does not match its model config ({first})") from None
+    return model
+
+
+class EntiTwistModule(LightningModule):
+    """Train, validate and test an Enti-TwistNet (see the module docstring).
+
+    Args:
+        model_name: a registered model (``entitwist models`` lists them).
+        model_overrides: ModelConfig fields to change, e.g. ``{"seg": False}``,
+            ``{"fusion__dat": "sa"}``, ``{"img_size": 64}`` (see ``ModelConfig.replace``).
+        lr: AdamW learning rate (5e-4 in the paper).
+        weight_decay: AdamW weight decay outside the no-decay groups (0.01).
+        power: exponent of the polynomial decay (0.9).
+        pretrained: False builds every part with random weights and never touches the network.
+        pretrained_dir: start from a ``save_pretrained`` folder instead (its config wins;
+            ``model_name`` and ``model_overrides`` are then ignored).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "entitwist_tiny",
+        model_overrides: dict[str, Any] | None = None,
+        lr: float = 5e-4,
+        weight_decay: float = 0.01,
+        power: float = 0.9,
+        pretrained: bool = True,
+        pretrained_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if lr <= 0:
+            raise ConfigError(f"lr={lr} must be positive; the paper uses 5e-4")
+        if pretrained_dir is not None:
+            from entitwist.models.enti_twistnet import EntiTwistNet
+
+            self.model = EntiTwistNet.from_pretrained(pretrained_dir)
+        else:
+            from entitwist.registry import create_model
+
+            self.model = create_model(model_name, pretrained=pretrained, **(model_overrides or {}))
+        self.lr, self.weight_decay, self.power = float(lr), float(weight_decay), float(power)
+        self.val_metrics = torch.nn.ModuleDict(
+            {p: ReferringMetrics(protocol=p) for p in PROTOCOL_PREFIX}
+        )
+        self.test_metrics = torch.nn.ModuleDict(
+            {p: ReferringMetrics(protocol=p) for p in PROTOCOL_PREFIX}
+        )
+        self.test_results: dict[str, dict[str, float]] = {}
+        self.val_results: dict[str, dict[str, float]] = {}
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._warned_no_entities = False
+
+    # ------------------------------------------------------------------ what the data needs
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (the datamodule must use this one)."""
+        return self.model.tokenizer
+
+    @property
+    def img_size(self) -> int:
+        """S, the network's input side."""
+        return int(self.model.config.visual.img_size)
+
+    @property
+    def max_entities(self) -> int:
+        """K, the most entities per image."""
+        return int(self.model.config.fusion.max_entities)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Logits (B, 2, S, S) of a collated batch (keys of ``ReferringTransform``)."""
+        entities = batch.get("entities")
+        if entities is None and self.model.config.fusion.seg and not self._warned_no_entities:
+            self._warned_no_entities = True
+            warnings.warn(
+                "SEG is on but the batches carry no entity maps, so G = 0; compute them with "
+                "`entitwist entities ROOT` or turn SEG off (model_overrides: {seg: false})",
+                stacklevel=2,
+            )
+        return self.model(batch["image"], batch["input_ids"], batch["attention_mask"], entities)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        from entitwist.models.loss import referring_loss
+
+        logits = self(batch)  # (B, 2, S, S)
+        loss = referring_loss(logits, batch["mask"])
+        self._check_finite(loss, batch)
+        bsz = batch["mask"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bsz)
+        self.log(
+            "train/lr",
+            self.optimizers().param_groups[0]["lr"],
+            on_step=True,
+            on_epoch=False,
+            batch_size=bsz,
+        )
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            bad_any = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        else:
+            bad_any = bad
+        if not bad_any:
+            return
+        step = self.global_step
+        ids = batch.get("sample_id")
+        where = (
+            f"batch sample ids: {', '.join(map(str, ids))}" if ids and bad else "on another process"
+        )
+        raise NonFiniteLossError(
+            f"non-finite training loss ({float(loss.detach()):g}) at global step {step} ({where}); "
+            "lower the learning rate, check those samples, or use precision 32"
+        )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        from entitwist.engine.optim import build_optimizer, build_poly_scheduler
+
+        optimizer = build_optimizer(self.model, lr=self.lr, weight_decay=self.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        if not np.isfinite(total) or total <= 0:
+            raise ConfigError(
+                "the polynomial schedule needs a finite number of steps; set trainer.max_epochs or trainer.max_steps"
+            )
+        scheduler = build_poly_scheduler(optimizer, int(total), self.power)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(
+        self, batch: dict[str, Any], metrics: torch.nn.ModuleDict, stage: str
+    ) -> torch.Tensor:
+        from entitwist.models.loss import referring_loss
+
+        logits = self(batch)  # (B, 2, S, S)
+        target = batch["mask"]  # (B, S, S)
+        loss = referring_loss(logits, target)
+        metrics["lavt"].update(logits.argmax(dim=1).bool(), target.bool())
+        for i, mask in enumerate(batch.get("mask_orig") or []):
+            mask = torch.as_tensor(mask, device=logits.device).bool()  # (H, W)
+            pred = upsample_to_original(logits[i : i + 1].float(), tuple(mask.shape))  # (1, H, W)
+            metrics["original"].update(pred, mask[None])
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=target.shape[0],
+        )
+        return loss
+
+    def _eval_epoch_end(
+        self, metrics: torch.nn.ModuleDict, stage: str
+    ) -> dict[str, dict[str, float]]:
+        results: dict[str, dict[str, float]] = {}
+        for protocol, prefix in PROTOCOL_PREFIX.items():
+            metric = metrics[protocol]
+            if not metric.update_called:
+                continue
+            values = {k: float(v) for k, v in metric.compute().items()}
+            results[protocol] = values
+            for k, v in values.items():
+                # already merged across processes by the metric: no sync_dist
+                self.log(f"{stage}/{prefix}{k}", v, prog_bar=(protocol == "lavt" and k == "mIoU"))
+            metric.reset()
+        return results
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_results = self._eval_epoch_end(self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._eval_epoch_end(self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Per sample: ``sample_id`` and the predicted mask at the image's original size."""
+        logits = self(batch)  # (B, 2, S, S)
+        sizes = batch.get("orig_size") or [tuple(logits.shape[-2:])] * logits.shape[0]
+        masks = [
+            upsample_to_original(logits[i].float(), tuple(sizes[i])).cpu()
+            for i in range(logits.shape[0])
+        ]
+        return {"sample_id": list(batch.get("sample_id", [])), "mask": masks}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CONFIG_KEY] = self.model.config.to_dict()
+        np_state = np.random.get_state()
+        states: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [
+                np_state[0],
+                torch.from_numpy(np_state[1].astype(np.int64)),
+                *map(_plain, np_state[2:]),
+            ],
+            "python": _plain(random.getstate()),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint[_RNG_KEY] = states
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get(_RNG_KEY)
+
+    def on_train_start(self) -> None:
+        # Restore the random streams of the interrupted run once everything else is set up.
+        states, self._rng_to_restore = self._rng_to_restore, None
+        if not states:
+            return
+        torch.set_rng_state(states["torch"].cpu())
+        name, keys, *rest = states["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        random.setstate(_tuples(states["python"]))
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+class ExportBestCallback(Callback):
+    """At the end of ``fit``, write the best-on-validation weights as a ``save_pretrained`` folder.
+
+    The best checkpoint is the trainer's ``ModelCheckpoint.best_model_path`` (selected on
+    the validation split's metric, never the test split). Without one (no validation, or
+    ``fast_dev_run``) the final weights are exported and ``selected_on`` says ``"last"``.
+    Beside the weights, ``training.json`` records the checkpoint, monitor and score.
+
+    Args:
+        dirpath: target folder; default ``<trainer.log_dir>/export``. Replaced atomically.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
+        self.exported: Path | None = None
+        self.info: dict[str, Any] = {}
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        target = (
+            Path(self.dirpath)
+            if self.dirpath
+            else Path(trainer.log_dir or trainer.default_root_dir) / "export"
+        )
+        ckpt_cb = trainer.checkpoint_callback
+        best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+        model = copy.deepcopy(pl_module.model).cpu()
+        info: dict[str, Any] = {"selected_on": "last", "global_step": int(trainer.global_step)}
+        if best and getattr(ckpt_cb, "monitor", None):
+            data = load_checkpoint(best)
+            state = {
+                k[len("model.") :]: v
+                for k, v in data["state_dict"].items()
+                if k.startswith("model.")
+            }
+            model.load_state_dict(state, strict=True)
+            score = ckpt_cb.best_model_score
+            info = {
+                "selected_on": "val",
+                "monitor": ckpt_cb.monitor,
+                "score": None if score is None else float(score),
+                "checkpoint": str(best),
+                "epoch": int(data.get("epoch", -1)),
+                "global_step": int(data.get("global_step", -1)),
+            }
+        self.info = info
+        self.exported = export_pretrained(model, target, info)
+
+
+def export_pretrained(
+    model: Any, target: str | os.PathLike, info: dict[str, Any] | None = None
+) -> Path:
+    """``model.save_pretrained`` into ``target`` atomically (a temporary folder renamed into place)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        if info is not None:
+            (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
