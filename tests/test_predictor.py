@@ -151,6 +151,27 @@ def test_model_sees_its_input_size_and_imagenet_normalisation():
     np.testing.assert_allclose(pred.probability, 1 / (1 + np.exp(-20.0)), atol=1e-5)
 
 
+def test_output_size_native_or_explicit():
+    predictor = Predictor(RedModel(size=32), device="cpu")
+    img = square_image()
+    assert predictor.predict_probability(img, ["a"], entities=None, output_size=None).shape == (
+        1,
+        32,
+        32,
+    )
+    assert predictor.predict_probability(img, ["a"], entities=None, output_size=(7, 9)).shape == (
+        1,
+        7,
+        9,
+    )
+    full = predictor.predict_probability(img, ["a"], entities=None)
+    native = predictor.predict_probability(img, ["a"], entities=None, output_size=None)
+    ref = F.interpolate(
+        torch.from_numpy(native)[None], size=(60, 90), mode="bilinear", align_corners=False
+    )[0]
+    np.testing.assert_allclose(full, ref.numpy(), atol=1e-6)
+
+
 def test_several_sentences_are_one_batch_and_match_single_calls():
     model = RedModel(size=48)
     predictor = Predictor(model, device="cpu")

@@ -12,6 +12,7 @@ from entitwist.errors import InputError
 from entitwist.inference.raster import RasterSource, gdal_env
 from entitwist.inference.tiling import (
     TilingOptions,
+    bilinear_rows,
     blend_window,
     plan_tiles,
     segment_scene,
@@ -65,6 +66,18 @@ def test_upsample_rows_matches_torch_bilinear(factor):
     np.testing.assert_allclose(
         upsample_rows(coarse, factor, 5, 11, 9 * factor), ref[5:11], atol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    ("src", "out"), [((16, 16), (37, 53)), ((32, 32), (20, 70)), ((9, 13), (9, 13))]
+)
+def test_bilinear_rows_matches_torch_for_any_scale(src, out):
+    image = np.random.default_rng(1).random(src).astype(np.float32)
+    ref = F.interpolate(
+        torch.from_numpy(image)[None, None], size=out, mode="bilinear", align_corners=False
+    )[0, 0]
+    got = bilinear_rows(image, src[0] / out[0], src[1] / out[1], 3, out[0] - 1, out[1])
+    np.testing.assert_allclose(got, ref.numpy()[3 : out[0] - 1], atol=1e-5)
 
 
 def red_scene(h, w, boxes):
@@ -135,6 +148,44 @@ def test_pointwise_model_gives_the_same_answer_tiled_or_not(tmp_path):
     near = ndimage.binary_dilation(truth, iterations=8)
     np.testing.assert_allclose(sink.prob[near], full[near], atol=1e-5)  # blended tiles == direct
     assert sink.max_rows <= 32
+
+
+def test_low_resolution_tiles_blend_like_a_full_resolution_twin(tmp_path):
+    """Tiles answered at a network size (24 x 24) are resampled and blended row band by row
+    band; the result equals a plain twin that upsamples every tile to full resolution with
+    torch and blends whole-image accumulators."""
+    data = red_scene(150, 170, [(20, 70, 30, 120), (90, 140, 100, 160)])
+    small = 24
+
+    def predict(rgb, window):
+        p = red_probability(rgb)
+        if window is None:
+            return np.ones_like(p)  # ROI = everything: every tile is refined
+        t = torch.from_numpy(p)[None, None]
+        return F.interpolate(t, size=(small, small), mode="bilinear", align_corners=False)[
+            0, 0
+        ].numpy()
+
+    opts = TilingOptions(max_side=64, tile_size=64, overlap=16, block=16)
+    result, sink, calls = run(tmp_path, data, opts, predict)
+    assert result.tiles_refined == result.tiles_total == len(calls) - 1
+    num = np.zeros((150, 170), np.float64)
+    den = np.zeros((150, 170), np.float64)
+    with gdal_env(), RasterSource(tmp_path / "scene.tif") as src:
+        src.set_stretch_from(*src.overview(64)[:2])
+        for _, win in calls[1:]:
+            r, c, th, tw = win.row_off, win.col_off, win.height, win.width
+            rgb, valid = src.read_rgb(win)
+            low = torch.from_numpy(predict(rgb, win))[None, None]
+            full = F.interpolate(low, size=(th, tw), mode="bilinear", align_corners=False)[
+                0, 0
+            ].numpy()
+            w = blend_window(
+                th, tw, 16, top=r == 0, bottom=r + th == 150, left=c == 0, right=c + tw == 170
+            )
+            num[r : r + th, c : c + tw] += w * valid * full
+            den[r : r + th, c : c + tw] += w * valid
+    np.testing.assert_allclose(sink.prob, num / den, atol=1e-5)
 
 
 def test_whole_scene_view_decides_which_object(tmp_path):

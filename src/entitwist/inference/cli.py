@@ -380,7 +380,10 @@ def segment_to_files(
                 ent: Any = labels.read(window, rgb.shape[:2])
             else:
                 ent = None if ent_mode == "none" else "auto"
-            return predictor.predict_probability(rgb, [sentence], entities=ent)[0]
+            # tiles come back at the network's resolution; tiling resamples them row band
+            # by row band (the whole-scene view comes back at its own size)
+            size = "image" if window is None else None
+            return predictor.predict_probability(rgb, [sentence], entities=ent, output_size=size)[0]
 
         # Temporary targets: renamed onto the real paths only when everything succeeded.
         temps: list[tuple[str, Path]] = [

@@ -273,11 +273,18 @@ class Predictor:
 
     @torch.no_grad()
     def predict_probability(
-        self, image: np.ndarray, sentences: list[str], entities: Any = "auto"
+        self,
+        image: np.ndarray,
+        sentences: list[str],
+        entities: Any = "auto",
+        output_size: tuple[int, int] | None | str = "image",
     ) -> np.ndarray:
         """Foreground probabilities of several sentences on one uint8 (H, W, 3) image.
 
-        Returns: (B, H, W) float32, B = len(sentences).
+        Args:
+            output_size: ``"image"`` -> (H, W) (bilinear); None -> the network's own (S, S);
+                or an explicit (h, w).
+        Returns: (B, h, w) float32, B = len(sentences).
         """
         image = _as_image(image)
         if not sentences:
@@ -287,7 +294,14 @@ class Predictor:
                 raise InputError(
                     "the sentence is empty; give a referring sentence such as 'the largest building'"
                 )
-        height, width = image.shape[:2]
+        if output_size is None:
+            height = width = self.image_size
+        elif isinstance(output_size, str):
+            if output_size != "image":
+                raise ValueError(f"output_size={output_size!r}; use 'image', None or (h, w)")
+            height, width = image.shape[:2]
+        else:
+            height, width = (int(v) for v in output_size)
         x, small = self._prepare(image)  # (1, 3, S, S)
         ent = self._entities_tensor(image, small, entities)  # (1, S, S) | None
         x = x.to(self.device)
@@ -303,7 +317,10 @@ class Predictor:
                 x.expand(b, -1, -1, -1), ids, att, None if ent is None else ent.expand(b, -1, -1)
             )  # (b, 2, S, S)
             prob = torch.softmax(logits.float(), dim=1)[:, 1:2]  # (b, 1, S, S)
-            prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=False)
+            if (height, width) != tuple(prob.shape[-2:]):
+                prob = F.interpolate(
+                    prob, size=(height, width), mode="bilinear", align_corners=False
+                )
             out.append(prob[:, 0].clamp_(0, 1).cpu())
         return torch.cat(out).numpy().astype(np.float32, copy=False)  # (B, H, W)
 

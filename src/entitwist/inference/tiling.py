@@ -15,10 +15,13 @@ segmented blindly one by one. :func:`segment_scene` works in two stages:
    elsewhere it is ``P_c`` upsampled bilinearly. So the whole-scene view decides *where*
    the referred object is and the tiles decide its exact outline.
 
-Memory stays bounded whatever the scene size: tiles are read one at a time; the blend
-accumulates in a band of ``tile_size + block`` rows that is flushed, ``block`` rows at a
-time, to the ``sink`` (normally tiled GeoTIFF writers) as soon as no later tile can touch
-those rows. Pixels that are nodata in the input are never in the mask (probability NaN).
+Memory stays bounded whatever the scene size: tiles are read one window at a time and
+each keeps only its probability at the network's resolution; the output is assembled
+``block`` rows at a time (bilinear resampling of just those rows of each overlapping tile,
+weighted sum) and handed to the ``sink`` (normally tiled GeoTIFF writers) as soon as no
+later tile can touch those rows. Peak memory is about one tile's pixels plus a few
+``block x width`` float buffers. Pixels that are nodata in the input are never in the mask
+(probability NaN).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "plan_tiles",
     "blend_window",
     "upsample_rows",
+    "bilinear_rows",
     "segment_scene",
 ]
 
@@ -159,27 +163,38 @@ def blend_window(
     return np.outer(_ramp(h, overlap, top, bottom), _ramp(w, overlap, left, right))
 
 
-def upsample_rows(coarse: np.ndarray, factor: int, r0: int, r1: int, width: int) -> np.ndarray:
-    """Rows ``r0:r1`` of the bilinear upsampling of ``coarse`` (h, w) by ``factor``.
+def bilinear_rows(
+    src: np.ndarray, scale_y: float, scale_x: float, r0: int, r1: int, width: int
+) -> np.ndarray:
+    """Rows ``r0:r1`` (and columns ``0:width``) of a bilinear resampling of ``src`` (h, w).
 
-    Full-resolution pixel centre ``y + 0.5`` samples the coarse grid at ``(y + 0.5) / f - 0.5``
-    (``align_corners=False``), clamped at the borders. Returns (r1 - r0, width) float32.
+    Output pixel centre ``y + 0.5`` samples ``src`` at ``(y + 0.5) * scale_y - 0.5`` (the
+    ``align_corners=False`` convention of ``torch.nn.functional.interpolate``; ``scale`` is
+    source size / output size), clamped at the borders. Returns (r1 - r0, width) float32.
+    """
+    h, w = src.shape
+
+    def axis(idx: np.ndarray, n: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((idx + 0.5) * scale - 0.5, 0, n - 1)
+        i0 = np.floor(pos).astype(np.int64)
+        i1 = np.minimum(i0 + 1, n - 1)
+        return i0, i1, (pos - i0).astype(np.float32)
+
+    y0, y1, fy = axis(np.arange(r0, r1), h, scale_y)
+    x0, x1, fx = axis(np.arange(width), w, scale_x)
+    top = src[y0][:, x0] * (1 - fx) + src[y0][:, x1] * fx  # (rows, width)
+    bot = src[y1][:, x0] * (1 - fx) + src[y1][:, x1] * fx
+    return (top * (1 - fy)[:, None] + bot * fy[:, None]).astype(np.float32)
+
+
+def upsample_rows(coarse: np.ndarray, factor: int, r0: int, r1: int, width: int) -> np.ndarray:
+    """Rows ``r0:r1`` of the bilinear upsampling of ``coarse`` (h, w) by an integer ``factor``.
+
+    Returns (r1 - r0, width) float32 (see :func:`bilinear_rows`).
     """
     if factor == 1:
         return coarse[r0:r1, :width].astype(np.float32, copy=True)
-    h, w = coarse.shape
-
-    def axis(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        src = np.clip((idx + 0.5) / factor - 0.5, 0, n - 1)
-        i0 = np.floor(src).astype(np.int64)
-        i1 = np.minimum(i0 + 1, n - 1)
-        return i0, i1, (src - i0).astype(np.float32)
-
-    y0, y1, fy = axis(np.arange(r0, r1), h)
-    x0, x1, fx = axis(np.arange(width), w)
-    top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x1] * fx  # (rows, W)
-    bot = coarse[y1][:, x0] * (1 - fx) + coarse[y1][:, x1] * fx
-    return (top * (1 - fy)[:, None] + bot * fy[:, None]).astype(np.float32)
+    return bilinear_rows(coarse, 1.0 / factor, 1.0 / factor, r0, r1, width)
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -188,6 +203,17 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     from scipy.ndimage import maximum_filter
 
     return maximum_filter(mask.astype(np.uint8), size=2 * radius + 1) > 0
+
+
+@dataclass
+class _TileResult:
+    row: int
+    col: int
+    height: int
+    width: int
+    prob: np.ndarray  # (ph, pw) float32, any resolution covering the tile
+    wy: np.ndarray  # (height,) blend weights along rows
+    wx: np.ndarray  # (width,) blend weights along columns
 
 
 def segment_scene(
@@ -201,8 +227,12 @@ def segment_scene(
 
     Args:
         source: the opened scene (bands, stretch and nodata already chosen).
-        predict: ``predict(rgb (h, w, 3) uint8, window) -> probability (h, w) float32``;
-            ``window`` is the full-resolution ``Window`` of a tile, None for the overview.
+        predict: ``predict(rgb (h, w, 3) uint8, window) -> probability``; ``window`` is the
+            full-resolution ``Window`` of a tile, None for the whole-scene view. For the view
+            the probability must be (h, w); for a tile it may have any size (ph, pw) covering
+            the tile (e.g. the network's own S x S output), and is resampled bilinearly
+            only row band by row band when blended, so a tile never costs full-resolution
+            float buffers.
         sink: called with consecutive row bands ``(r0, r1, probability (h, W), mask (h, W))``
             covering the image top to bottom exactly once.
         options: see :class:`TilingOptions`.
@@ -221,6 +251,8 @@ def segment_scene(
     ov_rgb = source.to_rgb(raw, ov_valid)  # (h, w, 3)
     del raw
     coarse = np.asarray(predict(ov_rgb, None), dtype=np.float32)  # (h, w)
+    if coarse.shape != ov_valid.shape:
+        raise ValueError(f"predict returned {coarse.shape} for a {ov_valid.shape} view")
     coarse = np.where(ov_valid, coarse, 0.0).astype(np.float32)
 
     tiled = opts.mode == "always" or (opts.mode == "auto" and max(height, width) > opts.max_side)
@@ -239,33 +271,37 @@ def segment_scene(
                 tiles.append((r, c, th, tw))
 
     block = opts.block
-    acc_rows = (opts.tile_size + block) if tiled else 0
-    num = np.zeros((acc_rows, width), dtype=np.float32)  # sum of weight * probability
-    den = np.zeros((acc_rows, width), dtype=np.float32)  # sum of weights
-    acc0 = 0  # first image row held by the accumulators
+    done: list[_TileResult] = []  # tiles whose rows are not all flushed yet
+    flushed = 0  # rows [0, flushed) went to the sink
 
     def flush(upto: int) -> None:
-        nonlocal acc0
-        for r0 in range(acc0, upto, block):
+        nonlocal flushed, done
+        col_roi = np.arange(width) // factor
+        for r0 in range(flushed, upto, block):
             r1 = min(upto, r0 + block)
             prob = upsample_rows(coarse, factor, r0, r1, width)  # (h, W)
-            a = r0 - acc0
-            if tiled and a < acc_rows:  # rows the accumulators hold (others had no tile)
-                b = min(r1 - acc0, acc_rows)
-                n = b - a
-                roi_rows = roi[np.arange(r0, r0 + n) // factor][:, np.arange(width) // factor]
-                use = roi_rows & (den[a:b] > 0)
-                prob[:n][use] = num[a:b][use] / den[a:b][use]
             valid = source.read_valid(Window(0, r0, width, r1 - r0))  # (h, W)
+            num = np.zeros_like(prob)  # sum of weight * tile probability
+            den = np.zeros_like(prob)  # sum of weights
+            for t in done:
+                a, b = max(r0, t.row), min(r1, t.row + t.height)
+                if a >= b:
+                    continue
+                ph, pw = t.prob.shape
+                p = bilinear_rows(
+                    t.prob, ph / t.height, pw / t.width, a - t.row, b - t.row, t.width
+                )
+                wgt = np.outer(t.wy[a - t.row : b - t.row], t.wx)  # (b - a, tw)
+                wgt *= valid[a - r0 : b - r0, t.col : t.col + t.width]
+                num[a - r0 : b - r0, t.col : t.col + t.width] += wgt * p
+                den[a - r0 : b - r0, t.col : t.col + t.width] += wgt
+            if done:
+                use = roi[np.arange(r0, r1) // factor][:, col_roi] & (den > 0)
+                prob[use] = num[use] / den[use]
             prob[~valid] = np.nan
             sink(r0, r1, prob, (prob >= 0.5) & valid)
-        if tiled and upto > acc0:
-            shift = upto - acc0
-            num[:-shift] = num[shift:]
-            den[:-shift] = den[shift:]
-            num[-shift:] = 0
-            den[-shift:] = 0
-        acc0 = upto
+        flushed = max(flushed, upto)
+        done = [t for t in done if t.row + t.height > flushed]
 
     with tqdm(
         total=len(tiles),
@@ -275,25 +311,24 @@ def segment_scene(
         delay=0.5,
     ) as bar:
         for r, c, th, tw in tiles:
-            if r - acc0 >= block:
+            if r - flushed >= block:  # no later tile starts above row r: those rows are final
                 flush((r // block) * block)
             window = Window(c, r, tw, th)
             rgb, valid = source.read_rgb(window)  # (th, tw, 3), (th, tw)
             if valid.any():
-                p = np.asarray(predict(rgb, window), dtype=np.float32)  # (th, tw)
-                wgt = blend_window(
-                    th,
-                    tw,
-                    opts.overlap,
-                    top=r == 0,
-                    bottom=r + th == height,
-                    left=c == 0,
-                    right=c + tw == width,
+                p = np.asarray(predict(rgb, window), dtype=np.float32)  # (ph, pw)
+                done.append(
+                    _TileResult(
+                        r,
+                        c,
+                        th,
+                        tw,
+                        p,
+                        _ramp(th, opts.overlap, r == 0, r + th == height),
+                        _ramp(tw, opts.overlap, c == 0, c + tw == width),
+                    )
                 )
-                wgt = wgt * valid
-                a = r - acc0
-                num[a : a + th, c : c + tw] += wgt * p
-                den[a : a + th, c : c + tw] += wgt
+            del rgb, valid
             bar.update(1)
     flush(height)
     return SceneResult(
