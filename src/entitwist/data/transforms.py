@@ -85,7 +85,7 @@ def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return labels
     rows = _pil_nearest_index(h, size[0]).to(labels.device)  # (S_h,)
     cols = _pil_nearest_index(w, size[1]).to(labels.device)  # (S_w,)
-    return labels.index_select(-2, rows).index_select(-1, cols)
+    return labels.index_select(-2, rows).index_select(-1, cols)  # (..., S_h, S_w)
 
 
 class ReferringTransform:
