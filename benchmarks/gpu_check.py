@@ -252,7 +252,7 @@ def check_tiny(device: torch.device, dry: bool) -> dict[str, Any]:
     batch = 8
     losses = []
     start = time.perf_counter()
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, len(x), (batch,))
         logits = model(x[idx], ids[idx], am[idx], e[idx])
         loss = referring_loss(logits, y[idx])
