@@ -221,3 +221,16 @@ def test_bad_input(tmp_path):
     ds = load_dataset("jsonl", tmp_path, "train", entities=None)
     with pytest.raises(DataError, match=r"cannot read .*img_0.png.*corrupt"):
         ds[0]
+
+
+def test_dataset_pickles_for_spawned_workers(jsonl):
+    import pickle
+
+    root, truth = jsonl
+    make_entities(root, truth["images"], k=5)
+    ds = load_dataset("jsonl", root, "test", seed=1)
+    clone = pickle.loads(pickle.dumps(ds))
+    a, b = ds[2], clone[2]
+    assert a["sample_id"] == b["sample_id"]
+    np.testing.assert_array_equal(a["entities"], b["entities"])
+    np.testing.assert_array_equal(a["mask"], b["mask"])
