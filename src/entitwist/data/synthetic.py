@@ -13,7 +13,7 @@ position   "the storage tank at the top right", "the car in the middle"
 extreme    "the leftmost vehicle", "the topmost building", "the lowest red car"
 size       "the largest tank", "the smallest building"
 relation   "the car next to the pond", "the building beside the road",
-           "the truck on the road", "the tank near the river"
+           "the truck on the road", "the car not on the road", "the tank near the river"
 group      "all the tanks", "all the red cars", "every building"
 ========== ====================================================================
 
@@ -296,7 +296,7 @@ def _render(c: _Candidate, rng: np.random.Generator) -> str:
             "left": ["leftmost"],
             "right": ["rightmost"],
             "top": ["topmost", "uppermost"],
-            "bottom": ["bottommost", "lowest"],
+            "bottom": ["lowest"],
         }[c.detail]
         return pick([f"the {w} {np_}" for w in words] + [f"the {np_} farthest to the {c.detail}"])
     if c.kind == "size":
@@ -325,8 +325,8 @@ def _render(c: _Candidate, rng: np.random.Generator) -> str:
             ]
         )
     if c.detail == "on road":
-        return pick([f"the {np_} on the road", f"the {np_} driving on the road"])
-    return pick([f"the {np_} off the road", f"the {np_} parked off the road"])
+        return pick([f"the {np_} on the road", f"the {np_} that is on the road"])
+    return pick([f"the {np_} not on the road", f"the {np_} that is not on the road"])
 
 
 def generate_expressions(
