@@ -129,7 +129,13 @@ def check_config(cfg: Any, subcommand: str | None = None) -> None:
 class EntiTwistCLI(LightningCLI):
     """LightningCLI for Enti-TwistNet (see the module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, check: bool = True, instantiate: bool = True, **kwargs: Any
+    ) -> None:
+        """``check=False`` skips :func:`check_config`; ``instantiate=False`` only parses
+        (``self.config``), for tools and tests that read experiments without building them."""
+        self._check = check
+        self._instantiate = instantiate
         kwargs.setdefault("model_class", EntiTwistModule)
         kwargs.setdefault("datamodule_class", ReferringDataModule)
         kwargs.setdefault("trainer_defaults", dict(TRAINER_DEFAULTS))
@@ -160,9 +166,14 @@ class EntiTwistCLI(LightningCLI):
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
-        check_config(cfg, sub)
+        if self._check:
+            check_config(cfg, sub)
         if sub and "weights_only" in cfg and cfg["weights_only"] is None:
             cfg["weights_only"] = True  # Lightning's own resume: no pickled code either
+
+    def instantiate_classes(self) -> None:
+        if self._instantiate:
+            super().instantiate_classes()
 
     # ------------------------------------------------------------------ reports
     def _report(self, stage: str) -> None:
