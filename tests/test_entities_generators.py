@@ -116,7 +116,7 @@ def test_generator_options_and_bad_input() -> None:
         E.get_generator("watershed")
     with pytest.raises(ConfigError, match="unknown parameter"):
         E.get_generator("slic", n_segment=3)
-    with pytest.raises(ConfigError, match="must be a int"):
+    with pytest.raises(ConfigError, match="must be of type int"):
         E.get_generator("slic", n_segments="many")
     image, _ = blocks_image()
     with pytest.raises(InputError, match="uint8"):

@@ -111,7 +111,7 @@ def _check_params(name: str, params: dict[str, Any], defaults: dict[str, Any]) -
             ok = isinstance(value, str)
         if not ok:
             raise ConfigError(
-                f"parameter {key}={value!r} of entity generator {name!r} must be a "
+                f"parameter {key}={value!r} of entity generator {name!r} must be of type "
                 f"{type(default).__name__}"
             )
         merged[key] = value
