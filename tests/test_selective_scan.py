@@ -126,6 +126,7 @@ def test_chunk_choice_and_stiff_decays() -> None:
     A = -torch.arange(1.0, 17.0).repeat(8, 1)  # (D, N), A down to -16 as in Mamba's init
     small = torch.full((2, 8, 300), 0.01)
     assert ss._choose_chunk(small, A) == 32
+    assert ss._choose_chunk(small * 15, A) == 16  # 32 steps of 2.4 exceed the bound of 60
     # Huge steps (|delta A| up to 800 per step) force one-step chunks; still exact and finite.
     args = make_inputs(2, 8, 50, 16, use_bias=False, delta_scale=50.0)
     args["A"] = A
