@@ -143,16 +143,23 @@ def compute_stretch(
     return lows, highs
 
 
-def apply_stretch(data: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
+def apply_stretch(
+    data: np.ndarray, lows: np.ndarray, highs: np.ndarray, *, inplace: bool = False
+) -> np.ndarray:
     """Map (C, H, W) raw values linearly so that ``lows -> 0`` and ``highs -> 255``, clipped.
 
-    Returns (C, H, W) uint8; NaN becomes 0.
+    Returns (C, H, W) uint8; NaN becomes 0. ``inplace=True`` reuses ``data`` (float32) as
+    the work buffer, which keeps a large tile's peak memory to about twice its size.
     """
     lows = np.asarray(lows, dtype=np.float32)[:, None, None]
     highs = np.asarray(highs, dtype=np.float32)[:, None, None]
-    scaled = (data.astype(np.float32) - lows) * (255.0 / (highs - lows))
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    work = data if (inplace and data.dtype == np.float32) else data.astype(np.float32)
+    work -= lows
+    work *= 255.0 / (highs - lows)
+    np.nan_to_num(work, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+    np.clip(work, 0, 255, out=work)
+    np.rint(work, out=work)
+    return work.astype(np.uint8)
 
 
 def _check_path(path: Path) -> None:
@@ -297,9 +304,13 @@ class RasterSource:
                 valid = np.all(raw != self.nodata_override, axis=0)
         except (RasterioIOError, RasterioError, OSError) as exc:
             raise self._read_error(exc) from None
-        valid &= np.all(np.isfinite(raw), axis=0)
-        index = {b: i for i, b in enumerate(self.unique_bands)}
-        data = raw[[index[b] for b in self.bands]]  # (3, h, w)
+        for band in raw:
+            valid &= np.isfinite(band)
+        if self.bands == self.unique_bands:
+            data = raw  # (3, h, w) already in order: no copy
+        else:
+            index = {b: i for i, b in enumerate(self.unique_bands)}
+            data = raw[[index[b] for b in self.bands]]  # (3, h, w)
         data[:, ~valid] = np.nan
         return data, valid
 
@@ -357,18 +368,22 @@ class RasterSource:
             self._stretch = _Stretch(lows, highs)
 
     def to_rgb(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """(3, h, w) raw -> (h, w, 3) uint8 with the scene's stretch; nodata pixels black."""
+        """(3, h, w) raw -> (h, w, 3) uint8 with the scene's stretch; nodata pixels black.
+
+        ``data`` is overwritten (it is used as the work buffer).
+        """
         if self._stretch is None:
             if self.stretch_percentiles is not None:
                 raise RuntimeError("call set_stretch_from() (or overview()) before to_rgb()")
             out = np.clip(np.nan_to_num(data, nan=0.0), 0, 255).astype(np.uint8)
         else:
-            out = apply_stretch(data, self._stretch.lows, self._stretch.highs)
+            out = apply_stretch(data, self._stretch.lows, self._stretch.highs, inplace=True)
         out[:, ~valid] = 0
         return np.ascontiguousarray(out.transpose(1, 2, 0))  # (h, w, 3)
 
     def read_rgb(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Read a window as ``rgb`` (h, w, 3) uint8 and ``valid`` (h, w) bool."""
+        # to_rgb may use the freshly read float buffer as its work space
         data, valid = self.read_raw(window)
         return self.to_rgb(data, valid), valid
 
