@@ -208,13 +208,30 @@ def test_auto_entities_computed_once_for_all_sentences(monkeypatch):
 
     monkeypatch.setattr(ent, "compute_entities", fake_compute)
     model = RedModel(size=32, max_entities=12)
-    Predictor(model, device="cpu").predict(
-        square_image(), ["a", "b", "c"]
-    )  # entities="auto" by default
-    assert seen == [((32, 32, 3), "felzenszwalb", 12)]
+    predictor = Predictor(model, device="cpu")
+    predictor.predict(square_image(), ["a", "b", "c"])  # entities="auto" by default
+    assert seen == [((32, 32, 3), predictor.get_entity_generator(), 12)]
+    assert predictor.get_entity_generator().name == "felzenszwalb"
     e = model.calls[0]["entities"]
     assert e.dtype == torch.long and tuple(e.shape) == (3, 32, 32)
     assert torch.equal(e[0], e[2]) and int(e[0, 0, 0]) == 0 and int(e[0, 0, -1]) == 3
+
+
+def test_unknown_generator_and_missing_sam_checkpoint(tmp_path):
+    from entitwist.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        Predictor(RedModel(), device="cpu", entity_generator="nope").predict(square_image(), "a")
+    with pytest.raises(InputError, match="SAM checkpoint"):
+        Predictor(RedModel(), device="cpu", sam_checkpoint=tmp_path / "sam_vit_b.pth")
+
+
+def test_sam_checkpoint_selects_the_sam_generator(tmp_path):
+    ckpt = tmp_path / "sam_vit_b.pth"
+    ckpt.write_bytes(b"not really weights")
+    predictor = Predictor(RedModel(), device="cpu", sam_checkpoint=ckpt)
+    gen = predictor.get_entity_generator()  # built, weights loaded only when first used
+    assert gen.name == "sam" and str(gen.checkpoint) == str(ckpt)
 
 
 def test_real_weight_free_entities_reach_the_model():

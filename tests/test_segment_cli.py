@@ -719,6 +719,16 @@ CASES = [
         "CUDA is not available",
     ),
     (
+        "entity-generator-unknown",
+        lambda t, i, m, o, mp: [i, "red", "-m", m, "--entity-generator", "nope", "-o", o / "x.tif"],
+        "unknown entity generator",
+    ),
+    (
+        "sam-generator-without-checkpoint",
+        lambda t, i, m, o, mp: [i, "red", "-m", m, "--entity-generator", "sam", "-o", o / "x.tif"],
+        "needs a checkpoint",
+    ),
+    (
         "sam-checkpoint-missing",
         lambda t, i, m, o, mp: [
             i,

@@ -374,6 +374,8 @@ def segment_to_files(
             labels = _LabelMapSource(ent_mode, source.shape, predictor.max_entities)
             stack.callback(labels.close)
         _warn_sentence_length(predictor, sentence)
+        if ent_mode == "auto" and predictor.uses_entities:
+            predictor.get_entity_generator()  # an unknown generator or bad checkpoint fails now
 
         def predict(rgb: np.ndarray, window: Any) -> np.ndarray:
             if labels is not None:

@@ -192,6 +192,7 @@ class Predictor:
             self.entity_params["checkpoint"] = str(sam_checkpoint)
         self.entity_generator = entity_generator
         self.batch_size = max(1, int(batch_size))
+        self._generator: Any = None
 
     @classmethod
     def from_pretrained(
@@ -222,6 +223,15 @@ class Predictor:
     def max_entities(self) -> int:
         return int(self.model.config.fusion.max_entities)
 
+    def get_entity_generator(self) -> Any:
+        """The generator used for ``entities="auto"``, built once on first use (raises
+        ``ConfigError`` / ``CheckpointError`` for an unknown name or a missing checkpoint)."""
+        if self._generator is None:
+            from entitwist.entities import get_generator
+
+            self._generator = get_generator(self.entity_generator, **self.entity_params)
+        return self._generator
+
     def _entities_tensor(
         self, image: np.ndarray, small: np.ndarray, entities: Any
     ) -> torch.Tensor | None:
@@ -235,10 +245,7 @@ class Predictor:
             from entitwist.entities import compute_entities
 
             labels = compute_entities(
-                small,
-                generator=self.entity_generator,
-                max_entities=self.max_entities,
-                **self.entity_params,
+                small, generator=self.get_entity_generator(), max_entities=self.max_entities
             )  # (S, S) uint8
             return torch.from_numpy(np.asarray(labels, dtype=np.int64))[None]
         labels = np.asarray(entities)
