@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import entitwist.entities as E
-from entitwist.entities.generators import nearest_indices, resize_nearest
+from entitwist.entities.generators import contrast_stretch, nearest_indices, resize_nearest
 from entitwist.errors import CheckpointError, ConfigError, InputError
 
 
@@ -60,6 +60,25 @@ def test_felzenszwalb_finds_flat_regions() -> None:
         region = ids == q
         best = max((m & region).sum() / (m | region).sum() for m in masks)
         assert best > 0.9, (q, best)
+
+
+def test_contrast_stretch_keeps_low_contrast_regions_apart() -> None:
+    image, ids = blocks_image(128, 128)
+    hazy = (110 + (image.astype(int) - 128) // 12).astype(np.uint8)  # contrast / 12
+    stretched = contrast_stretch(hazy)
+    assert stretched.dtype == np.uint8
+    assert np.percentile(stretched, 2) <= 1 and np.percentile(stretched, 98) >= 254
+    assert contrast_stretch(np.full((4, 4, 3), 7, np.uint8)).max() == 0  # flat: no blow-up
+
+    def best_iou(masks: list[np.ndarray]) -> float:
+        return min(
+            max((m & (ids == q)).sum() / (m | (ids == q)).sum() for m in masks) for q in range(4)
+        )
+
+    assert best_iou(E.get_generator("felzenszwalb")(hazy)) > 0.9
+    plain = E.get_generator("felzenszwalb", stretch=False)
+    np.testing.assert_array_equal(plain._work_image(hazy), hazy)
+    np.testing.assert_array_equal(E.get_generator()._work_image(hazy), stretched)
 
 
 @pytest.mark.parametrize("name", ["felzenszwalb", "slic"])

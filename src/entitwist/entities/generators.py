@@ -3,8 +3,9 @@
 ``get_generator(name, **params)`` returns a callable ``gen(image) -> list[bool mask]``:
 
 - ``felzenszwalb`` (default, weight-free): scikit-image graph segmentation run on a copy
-  downscaled so that its longest side is ``work_size`` (256), labels upsampled back with
-  nearest neighbour. A partition of the image: every pixel is in exactly one mask.
+  downscaled so that its longest side is ``work_size`` (256) and contrast-stretched,
+  labels upsampled back with nearest neighbour. A partition of the image: every pixel is
+  in exactly one mask.
 - ``slic`` (weight-free): scikit-image SLIC superpixels, same downscale/upsample scheme.
 - ``sam``: Meta's ``segment-anything`` automatic mask generator on the image upsampled to
   ``input_size`` x ``input_size`` (1024, as in the paper); masks resized back with nearest
@@ -79,6 +80,17 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return image
     pil = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.asarray(pil)
+
+
+def contrast_stretch(image: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
+    """Map the ``low``..``high`` percentiles (over all channels together) to 0..255.
+
+    One range for the three channels keeps the colours' ratios. Hazy, low-contrast aerial
+    tiles otherwise merge into one or two graph segments.
+    """
+    lo, hi = np.percentile(image, [low, high])
+    scaled = (image.astype(np.float32) - lo) * (255.0 / max(float(hi - lo), 1.0))
+    return np.clip(scaled, 0, 255).round().astype(np.uint8)  # (H, W, 3)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -159,10 +171,10 @@ class _PartitionGenerator(MaskGenerator):
     def _work_image(self, image: np.ndarray) -> np.ndarray:
         work = int(self.params["work_size"])
         h, w = image.shape[:2]
-        if work <= 0 or max(h, w) <= work:
-            return image
-        s = work / max(h, w)
-        return resize_image(image, (max(1, round(h * s)), max(1, round(w * s))))
+        if work > 0 and max(h, w) > work:
+            s = work / max(h, w)
+            image = resize_image(image, (max(1, round(h * s)), max(1, round(w * s))))
+        return contrast_stretch(image) if self.params["stretch"] else image
 
     def _full_segments(self, image: np.ndarray) -> np.ndarray:
         small = self.segment(self._work_image(image))  # (h, w) int
@@ -195,14 +207,15 @@ class FelzenszwalbGenerator(_PartitionGenerator):
     """Felzenszwalb-Huttenlocher graph segmentation (scikit-image), weight-free.
 
     Parameters (all at the working resolution, longest side ``work_size``; 0 = full size):
-    ``scale`` (larger = bigger segments), ``sigma`` (pre-smoothing), ``min_size`` (pixels).
-    The defaults (tuned on real 512x512 aerial crops) give about 65 segments per image
-    (fields, roofs, roads, water, tree stands, shadows), of which the 40 largest cover ~93%
-    of the pixels, at ~70 ms per 512x512 image on one CPU core.
+    ``scale`` (larger = bigger segments), ``sigma`` (pre-smoothing), ``min_size`` (pixels),
+    ``stretch`` (2-98 percentile contrast stretch first). The defaults, tuned on 47 real
+    512x512 aerial crops (DOTA/iSAID, LoveDA, Potsdam, Vaihingen, SpaceNet), give about 65
+    segments per image (min 23, max 107): fields, roofs, roads, water, tree stands,
+    shadows; the 40 largest cover ~94% of the pixels. About 60 ms of CPU per 512x512 image.
     """
 
     name = "felzenszwalb"
-    DEFAULTS = {"scale": 300.0, "sigma": 0.8, "min_size": 80, "work_size": 256}
+    DEFAULTS = {"scale": 400.0, "sigma": 0.8, "min_size": 80, "work_size": 256, "stretch": True}
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         from skimage.segmentation import felzenszwalb
@@ -212,10 +225,19 @@ class FelzenszwalbGenerator(_PartitionGenerator):
 
 
 class SlicGenerator(_PartitionGenerator):
-    """SLIC superpixels (scikit-image), weight-free; ``n_segments`` approximate count."""
+    """SLIC superpixels (scikit-image), weight-free; ``n_segments`` approximate count.
+
+    ``work_size`` and ``stretch`` as for :class:`FelzenszwalbGenerator`.
+    """
 
     name = "slic"
-    DEFAULTS = {"n_segments": 60, "compactness": 10.0, "sigma": 1.0, "work_size": 256}
+    DEFAULTS = {
+        "n_segments": 60,
+        "compactness": 10.0,
+        "sigma": 1.0,
+        "work_size": 256,
+        "stretch": True,
+    }
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         from skimage.segmentation import slic
