@@ -332,8 +332,8 @@ class _Painter:
 
     def building(self, near_road: bool) -> bool:
         rng, n = self.rng, self.n
-        length = self.op(rng.uniform(36, 86), 3)
-        width = max(2.0, length * rng.uniform(0.5, 0.9))
+        length = self.op(rng.uniform(44, 88), 3)
+        width = max(2.0, length * rng.uniform(0.6, 0.92))
         if near_road and self.roads:
             py, px, angle, rw = self.roads[int(rng.integers(len(self.roads)))]
             t = rng.uniform(-0.7, 0.7) * n
