@@ -101,7 +101,7 @@ def _swin_tiny() -> VisualConfig:
     return VisualConfig(
         name="swin_tiny_patch4_window7_224",
         img_size=128,
-        embed_dim=32,
+        embed_dim=16,
         depths=(1, 1, 2, 1),
         num_heads=(1, 2, 4, 8),
         window_size=4,
@@ -111,7 +111,7 @@ def _swin_tiny() -> VisualConfig:
 
 
 def _tiny_fusion(**kw: Any) -> FusionConfig:
-    return FusionConfig(attn_heads=(1, 2, 4, 8), scan_size=8, d_state=8, **kw)
+    return FusionConfig(attn_heads=(1, 2, 4, 8), scan_size=4, d_state=4, **kw)
 
 
 @register_model(
@@ -165,7 +165,7 @@ def entitwist_swinb_bert_remamber_v() -> ModelConfig:
 
 
 @register_model(
-    "tiny test model: 4-stage Swin (32 wide, 128 px) + random 2-layer BERT, tiny vocabulary"
+    "tiny test model: 4-stage Swin (16 wide, 128 px) + random 2-layer BERT, tiny vocabulary"
 )
 def entitwist_tiny() -> ModelConfig:
     return ModelConfig(
@@ -173,7 +173,7 @@ def entitwist_tiny() -> ModelConfig:
         visual=_swin_tiny(),
         text=TextConfig(kind="bert", pretrained=None, hf_config=dict(TINY_BERT), vocab="tiny"),
         fusion=_tiny_fusion(),
-        decoder=DecoderConfig(width=32, head_width=32),
+        decoder=DecoderConfig(width=16, head_width=16, head_layers=1),
     )
 
 
@@ -192,7 +192,7 @@ def entitwist_tiny_minilm() -> ModelConfig:
         visual=_swin_tiny(),
         text=TextConfig(kind="bert", pretrained=path),
         fusion=_tiny_fusion(),
-        decoder=DecoderConfig(width=32, head_width=32),
+        decoder=DecoderConfig(width=16, head_width=16, head_layers=1),
     )
 
 
