@@ -216,6 +216,10 @@ def test_spatial_mamba_sees_whole_map() -> None:
     assert float((a - c)[:, :, 4, 4].abs().max()) > 1e-7
 
 
-def test_dat_rejects_baseline_order() -> None:
+def test_dat_rejects_baseline_order_and_bad_stride() -> None:
     with pytest.raises(ConfigError):
         DAT(D, _config(dat="none"))
+    with pytest.raises(ConfigError, match="attn_kv_stride"):
+        DAT(D, _config(attn_kv_stride=(0, 1, 1, 1)))
+    with pytest.raises(ConfigError, match="heads"):
+        DAT(D, _config(attn_heads=(3, 1, 1, 1)))

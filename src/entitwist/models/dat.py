@@ -195,6 +195,10 @@ class SpatialCrossAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, kv_stride: int = 1) -> None:
         super().__init__()
+        if kv_stride < 1:
+            raise ConfigError(
+                f"fusion.attn_kv_stride entry {kv_stride} must be >= 1 (1 = every position)"
+            )
         self.kv_stride = kv_stride
         self.attention = CrossAttention(dim, dim, heads)
 
