@@ -268,9 +268,12 @@ def build(config: dict[str, Any] | list[str]) -> EntiTwistCLI:
 def main(argv: list[str] | None = None) -> int:
     """``entitwist fit|validate|test|predict ...``: argv includes the subcommand name."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads `args`, not sys.argv
     try:
         EntiTwistCLI(args=argv)
     except EntitwistError as exc:
         print(f"entitwist: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        sys.argv = saved
     return 0

@@ -278,6 +278,17 @@ class ReferringDataModule(LightningDataModule):
         self._train_sampler = sampler
         return self._loader(dataset, sampler, self.batch_size)
 
+    def train_steps_per_epoch(self) -> int:
+        """Training batches per epoch on each process (loads the train split's index only).
+
+        The module's learning-rate schedule uses this instead of
+        ``trainer.estimated_stepping_batches``, which would build the train loader before
+        Lightning restores a checkpoint's loop progress (and so defeat mid-epoch resumption).
+        """
+        replicas, _ = self._replicas()
+        per_replica = math.ceil(len(self.dataset("train")) / replicas)
+        return math.ceil(per_replica / self.batch_size)
+
     def _resume_position(self) -> tuple[int, int]:
         """(epoch, batches already trained in it) when resuming from a checkpoint, else (epoch, 0).
 

@@ -234,7 +234,7 @@ class EntiTwistModule(LightningModule):
         from entitwist.engine.optim import build_optimizer, build_poly_scheduler
 
         optimizer = build_optimizer(self.model, lr=self.lr, weight_decay=self.weight_decay)
-        total = self.trainer.estimated_stepping_batches
+        total = self.total_training_steps()
         if not np.isfinite(total) or total <= 0:
             raise ConfigError(
                 "the polynomial schedule needs a finite number of steps; set trainer.max_epochs or trainer.max_steps"
@@ -244,6 +244,33 @@ class EntiTwistModule(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def total_training_steps(self) -> float:
+        """Optimiser steps of the whole run (T of the polynomial schedule).
+
+        Equal to ``trainer.estimated_stepping_batches``, but computed from the datamodule's
+        :meth:`train_steps_per_epoch` when it has one, so that the train loader is built only
+        after a checkpoint's progress is restored (exact mid-epoch resumption).
+        """
+        trainer = self.trainer
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            return trainer.max_steps
+        dm = trainer.datamodule
+        if (
+            dm is None
+            or not hasattr(dm, "train_steps_per_epoch")
+            or trainer.max_epochs is None
+            or trainer.max_epochs < 0
+        ):
+            return trainer.estimated_stepping_batches
+        batches = dm.train_steps_per_epoch()
+        limit = trainer.limit_train_batches
+        if isinstance(limit, int):
+            batches = min(batches, limit)
+        elif limit is not None:
+            batches = int(batches * float(limit))
+        per_epoch = max(1, -(-batches // max(1, trainer.accumulate_grad_batches)))
+        return per_epoch * trainer.max_epochs
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(
@@ -310,7 +337,7 @@ class EntiTwistModule(LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.model.config.to_dict()
-        np_state = np.random.get_state()
+        np_state = np.random.get_state()  # noqa: NPY002 (the global stream libraries draw from)
         states: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "numpy": [
@@ -334,7 +361,7 @@ class EntiTwistModule(LightningModule):
             return
         torch.set_rng_state(states["torch"].cpu())
         name, keys, *rest = states["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # noqa: NPY002
         random.setstate(_tuples(states["python"]))
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
