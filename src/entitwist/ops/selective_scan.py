@@ -241,6 +241,20 @@ def _contract_d(w: Tensor, x: Tensor, like: Tensor, varies: bool) -> Tensor:
     return (x * w[..., None]).sum((0, 1))  # (G, H, N)
 
 
+def _prefix_sum(x: Tensor, upper: bool) -> Tensor:
+    """Cumulative sums over dim 1 of contiguous x (b, T, ...) as one batched matmul.
+
+    ``upper=False``: inclusive prefix sums; ``upper=True``: inclusive suffix sums. A (T, T)
+    triangle of ones times (T, G*H*N) per batch element: much faster on CPU than ``cumsum``
+    over a non-innermost dimension, and no flips for the suffix sums.
+    """
+    batch, steps = x.shape[:2]
+    ones = torch.ones(steps, steps, dtype=x.dtype, device=x.device)
+    tri = ones.triu_() if upper else ones.tril_()
+    flat = x.reshape(batch, steps, -1)  # (b, T, G*H*N), a view
+    return torch.bmm(tri.expand(batch, steps, steps), flat).view_as(x)
+
+
 def _chunk_states(
     h0: Tensor, delta: Tensor, u: Tensor, A: Tensor, Bc: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -262,9 +276,8 @@ def _chunk_states(
         E = torch.exp(delta[..., None] * A)
         return torch.addcmul(x, E, h0[:, None]), E, x
     E = torch.exp_(delta.cumsum(1)[..., None] * A)  # (b, T, G, H, N)
-    tril = torch.ones(steps, steps, dtype=x.dtype, device=x.device).tril_()
     w = torch.div(x, E)
-    states = torch.matmul(tril, w.flatten(2)).view_as(w)  # cumulative sum over T
+    states = _prefix_sum(w, upper=False)
     states.add_(h0[:, None]).mul_(E)
     return states, E, x
 
@@ -294,8 +307,8 @@ class _ChunkedScan(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         G, H, dstate = A.shape
         batch, _, length = u.shape
-        u_t = u.transpose(1, 2).reshape(batch, length, G, H)  # (b, L, G, H)
-        delta_t = delta.transpose(1, 2).reshape(batch, length, G, H)
+        u_t = u.transpose(1, 2).contiguous().view(batch, length, G, H)  # (b, L, G, H)
+        delta_t = delta.transpose(1, 2).contiguous().view(batch, length, G, H)
         h = u.new_zeros(batch, G, H, dstate)  # (b, G, H, N)
         y = u.new_empty(batch, length, G, H)  # (b, L, G, H)
         bounds = [(t0, min(t0 + chunk, length)) for t0 in range(0, length, chunk)]
@@ -317,7 +330,7 @@ class _ChunkedScan(torch.autograd.Function):
         u, delta, A, B, C, starts = ctx.saved_tensors  # u, delta: (b, L, G, H)
         b_varies, c_varies = ctx.b_varies, ctx.c_varies
         batch, length, G, H = u.shape
-        gy = gy.transpose(1, 2).reshape(batch, length, G, H)  # (b, L, G, H)
+        gy = gy.transpose(1, 2).contiguous().view(batch, length, G, H)  # (b, L, G, H)
         gu = torch.empty_like(u)
         gdelta = torch.empty_like(delta)
         gA = torch.zeros_like(A)
@@ -334,8 +347,7 @@ class _ChunkedScan(torch.autograd.Function):
             if steps == 1:
                 lam = c.add_(lam_in[:, None])
             else:
-                triu = torch.ones(steps, steps, dtype=c.dtype, device=c.device).triu_()
-                lam = torch.matmul(triu, c.mul_(E).flatten(2)).view_as(c)  # suffix sums
+                lam = _prefix_sum(c.mul_(E), upper=True)  # suffix sums over T
                 lam.addcmul_(E[:, -1:], lam_in[:, None]).div_(E)
             lam_in = E[:, 0] * lam[:, 0]
             gC_c = _contract_d(gy_c, states, Cc, c_varies)
