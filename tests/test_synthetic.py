@@ -445,10 +445,13 @@ def test_killed_run_resumes_and_matches(tmp_path, monkeypatch):
     # other parameters on the unfinished folder are refused
     with pytest.raises(DataError, match="unfinished"):
         write_dataset(tmp_path / "run", 6, size=64, seed=4, progress=False)
+    stray = tmp_path / "run" / "images" / ".scene_00004.png.x1y2.tmp.png"  # as SIGKILL leaves it
+    stray.write_bytes(b"partial")
     calls.clear()
     die[0] = False
     write_dataset(tmp_path / "run", 6, size=64, seed=3, progress=False)
     assert calls == [4, 5]  # finished scenes were skipped
+    assert not stray.exists()
     assert (tmp_path / "run" / "annotations.jsonl").read_bytes() == (
         tmp_path / "ref" / "annotations.jsonl"
     ).read_bytes()
@@ -474,3 +477,43 @@ def test_bad_writer_arguments(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataError, match="is a file"):
         write_dataset(tmp_path / "file", 2, progress=False)
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "entitwist.cli",
+        "synth",
+        str(out),
+        "--scenes",
+        "40",
+        "--size",
+        "64",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((out / ".synth_records").glob("*.json"))) >= 3:
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "annotations.jsonl").exists()
+    write_dataset(out, 40, size=64, progress=False)  # same arguments: resumes
+    write_dataset(tmp_path / "ref", 40, size=64, progress=False)
+    assert (out / "annotations.jsonl").read_bytes() == (
+        tmp_path / "ref" / "annotations.jsonl"
+    ).read_bytes()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    for line in _read(out)[::23]:
+        for key in ("image", "mask"):
+            assert (out / line[key]).read_bytes() == (tmp_path / "ref" / line[key]).read_bytes()

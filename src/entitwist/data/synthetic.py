@@ -485,6 +485,10 @@ def _prepare(out: Path, params: dict, overwrite: bool) -> bool:
         except (OSError, ValueError):
             old = None
         if old == params:
+            # a SIGKILL can leave atomic_path's temporary files behind; they are never reused
+            for folder in (out, out / "images", out / "masks", out / _RECORDS):
+                for tmp in folder.glob(".*.tmp*"):
+                    tmp.unlink()
             return True
         raise DataError(
             f"{out} holds an unfinished synth run with other parameters; rerun with those or pass --overwrite"
