@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+import lightning as L
 import pytest
 import torch
 from torch import nn
 
+from entitwist.engine.datamodule import (
+    ReferringDataModule,
+    ResumableSampler,
+    ShardSampler,
+    check_data_args,
+    select_entity_store,
+)
+from entitwist.engine.module import (
+    EntiTwistModule,
+    ExportBestCallback,
+    NonFiniteLossError,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from entitwist.engine.optim import build_optimizer, build_poly_scheduler, param_groups, poly_factor
+from entitwist.errors import CheckpointError, ConfigError, DataError
 
 
 class _Block(nn.Module):
@@ -86,3 +106,154 @@ def test_poly_schedule_follows_formula(total, power):
     opt.step()
     assert model.head.weight[0, 0].item() == pytest.approx(1 - 0.1 * 0.5)
     assert model.block.A_log[0, 0].item() == 1.0 and model.block.norm.weight[0].item() == 1.0
+
+
+FAST = {"img_size": 64, "propagation": "none"}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    from entitwist.data.synthetic import write_dataset
+    from entitwist.entities.cli import main as entities_main
+
+    root = tmp_path_factory.mktemp("scenes")
+    write_dataset(root, 5, size=64, seed=1, expressions_per_scene=2, progress=False)
+    assert entities_main([str(root)]) == 0
+    return root
+
+
+def _trainer(tmp_path: Path, **kw) -> L.Trainer:
+    args = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        use_distributed_sampler=False,
+        default_root_dir=str(tmp_path),
+    )
+    args.update(kw)
+    return L.Trainer(**args)
+
+
+class _PoisonAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            self.ids = list(batch["sample_id"])
+            with torch.no_grad():
+                next(pl_module.model.decoder.parameters()).fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_with_step_and_ids(scenes, tmp_path):
+    L.seed_everything(0)
+    module = EntiTwistModule("entitwist_tiny", FAST)
+    data = ReferringDataModule.for_module(module, dataset="jsonl", root=str(scenes), batch_size=2)
+    poison = _PoisonAt(step=1)
+    trainer = _trainer(
+        tmp_path, callbacks=[poison], enable_checkpointing=False, limit_val_batches=0
+    )
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit(module, datamodule=data)
+    msg = str(info.value)
+    assert "global step 1" in msg and "\n" not in msg
+    assert all(sid in msg for sid in poison.ids)
+    assert trainer.global_step == 1  # the poisoned step was not applied
+
+
+def test_checkpoint_round_trip_export_best_and_schedule(scenes, tmp_path):
+    L.seed_everything(0)
+    module = EntiTwistModule("entitwist_tiny", FAST, lr=1e-3)
+    data = ReferringDataModule.for_module(module, dataset="jsonl", root=str(scenes), batch_size=2)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ck", monitor="val/mIoU", mode="max", save_last=True
+    )
+    export = ExportBestCallback(str(tmp_path / "export"))
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[ckpt, export], limit_train_batches=2)
+    trainer.fit(module, datamodule=data)
+    # the schedule length equals Lightning's own estimate, and the lr reached 0 at the end
+    assert module.total_training_steps() == trainer.estimated_stepping_batches == 4
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+    data_ckpt = load_checkpoint(ckpt.best_model_path)
+    assert data_ckpt["entitwist_model_config"]["visual"]["img_size"] == 64
+    restored = model_from_checkpoint(ckpt.best_model_path)
+    best_state = {k[6:]: v for k, v in data_ckpt["state_dict"].items() if k.startswith("model.")}
+    for k, v in restored.state_dict().items():
+        assert torch.equal(v, best_state[k])
+
+    # the export holds the best-on-validation weights, not the last ones
+    from entitwist.models.enti_twistnet import EntiTwistNet
+
+    exported = EntiTwistNet.from_pretrained(tmp_path / "export")
+    for k, v in exported.state_dict().items():
+        assert torch.equal(v, best_state[k]), k
+    info = json.loads((tmp_path / "export" / "training.json").read_text())
+    assert info["selected_on"] == "val" and info["checkpoint"] == ckpt.best_model_path
+    assert info["score"] == pytest.approx(float(ckpt.best_model_score))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['ENTITWIST_EVIL_MARKER']}",))
+
+
+def test_load_checkpoint_refuses_pickled_code(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("ENTITWIST_EVIL_MARKER", str(marker))
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused to load") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value) and not marker.exists()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.ckpt")
+
+
+def test_resumable_sampler_skip_and_shards():
+    data = list(range(10))
+    a = ResumableSampler(data, seed=3)
+    a.set_epoch(2)
+    full = list(a)
+    b = ResumableSampler(data, seed=3)
+    b.set_epoch(2)
+    b.skip_next(4)
+    assert list(b) == full[4:] and len(b) == 10
+    assert list(b) == full  # the skip applies to one iteration only
+    a.set_epoch(3)
+    assert sorted(a) == data and list(a) != full  # a new permutation per epoch
+    shards = [list(ShardSampler(data, num_replicas=3, rank=r)) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == data  # every sample once, no padding
+    assert [len(ShardSampler(data, num_replicas=3, rank=r)) for r in range(3)] == [4, 3, 3]
+
+
+def test_entity_store_chosen_by_k(tmp_path):
+    base = tmp_path / "entities"
+    for tag, k in (("sam", 40), ("sam-1a2b3c4d", 10)):
+        (base / tag).mkdir(parents=True)
+        (base / tag / "manifest.json").write_text(json.dumps({"max_entities": k}))
+    assert select_entity_store(tmp_path, "auto", 10) == "sam-1a2b3c4d"
+    assert select_entity_store(tmp_path, "auto", 40) == "sam"
+    with pytest.raises(DataError, match="none has K=20"):
+        select_entity_store(tmp_path, "auto", 20)
+    assert select_entity_store(tmp_path, None, 20) is None
+
+
+def test_bad_data_settings_are_one_line_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        check_data_args(dataset="jsonl", root=tmp_path / "nope")
+    with pytest.raises(ConfigError, match="batch size 0"):
+        check_data_args(dataset="jsonl", root=tmp_path, batch_size=0)
+    with pytest.raises(ConfigError, match="max_entities=300"):
+        check_data_args(dataset="jsonl", root=tmp_path, max_entities=300)
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        check_data_args(dataset="coco", root=tmp_path)
+    with pytest.raises(ConfigError, match="unknown model"):
+        EntiTwistModule("entitwist_huge")

@@ -70,12 +70,15 @@ def load_checkpoint(
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        unsafe = [ln for ln in lines if "global" in ln.lower() and "weights_only" not in ln]
+        if unsafe:
             raise CheckpointError(
                 f"refused to load {str(path)!r}: it holds pickled objects other than tensors "
-                f"(possibly code) and entitwist loads checkpoints with weights_only=True only ({reason})"
+                f"(possibly code) and entitwist loads checkpoints with weights_only=True only ({unsafe[0][:160]})"
             ) from None
+        plain = [ln for ln in lines if "weights_only" not in ln and "documentation" not in ln]
+        reason = (plain[0] if plain else lines[0] if lines else type(exc).__name__)[:160]
         raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason})") from None
     if not isinstance(data, dict) or "state_dict" not in data:
         raise CheckpointError(
