@@ -43,10 +43,10 @@ NOTES = """
   fraction of a core, so wall-clock images/s understate what the code does on a free
   machine. CPU time per image does not depend on that sharing: the default generator
   costs about 60 ms of CPU per 512x512 image (about 16 images/s on one free core), and
-  the whole command about 95 ms per image including reading, writing and interpreter
+  the whole command about 100 ms per image including reading, writing and interpreter
   start-up (about 10 images/s on one free core; not measured on an idle machine).
 - Against the target (>= 5 images/s at 512x512): met as derived from CPU cost;
-  the wall-clock rate measured here under load (about 4-5/s for the generator, 3-3.5/s
+  the wall-clock rate measured here under load (about 4-5/s for the generator, about 3/s
   for the command) is below it because the 2 cores were shared by ~10 runnable processes.
   For the same reason 2 workers gave no speed-up here: there was no idle core to use.
 - Running Felzenszwalb on the full 512 image (work_size 0) costs 5x more CPU than on the
