@@ -270,3 +270,27 @@ def test_unreadable_file(tmp_path, monkeypatch):
     monkeypatch.setattr(raster.os, "access", lambda p, mode: False)  # root ignores chmod 000
     with pytest.raises(InputError, match="not readable"):
         RasterSource(path)
+
+
+def test_nodata_comparison_matches_gdal_masks(tmp_path):
+    """The fast path (compare with the nodata value) equals GDAL's own mask bands."""
+    data = ramp_scene(c=4, h=48, w=40)
+    data[:, 5:9, :] = 0
+    data[2, 20:30, 10:20] = 0  # nodata in one band only
+    path = write_geotiff(tmp_path / "n.tif", data, nodata=0)
+    with gdal_env(), RasterSource(path, bands="3,2,1") as src:
+        assert src._mask_mode == "value"
+        valid = src.read_valid(Window(0, 0, 40, 48))
+        gdal = np.all(src.ds.read_masks([1, 2, 3]) > 0, axis=0)
+    np.testing.assert_array_equal(valid, gdal)
+    assert not valid[5:9].any() and not valid[20:30, 10:20].any() and valid[30:].all()
+
+
+def test_alpha_band_marks_nodata(tmp_path):
+    rgba = np.full((16, 20, 4), 200, np.uint8)
+    rgba[:4, :, 3] = 0  # transparent rows
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    with gdal_env(), RasterSource(tmp_path / "a.png") as src:
+        assert src._mask_mode == "gdal" and src.bands == [1, 2, 3]
+        valid = src.read_valid(Window(0, 0, 20, 16))
+    assert not valid[:4].any() and valid[4:].all()

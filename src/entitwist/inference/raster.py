@@ -254,6 +254,7 @@ class RasterSource:
         self.transform = ds.transform
         self.georeferenced = not self.transform.is_identity
         self.nodata_override = None if nodata is None else float(nodata)
+        self._mask_mode, self._nodata_values = self._mask_strategy()
         self.stretch_percentiles = stretch
         if stretch is None and self.dtype != np.uint8:
             self.stretch_percentiles = DEFAULT_STRETCH
@@ -262,6 +263,20 @@ class RasterSource:
         # fails here with a clear message (a deeper truncation is caught on each read).
         self.read_raw(Window(0, 0, 1, 1))
         self.read_raw(Window(self.width - 1, self.height - 1, 1, 1))
+
+    def _mask_strategy(self) -> tuple[str, list[float | None]]:
+        """How validity is found: ``"value"`` (compare with nodata values), ``"all"`` (no
+        mask), or ``"gdal"`` (alpha band / internal mask through ``read_masks``)."""
+        from rasterio.enums import MaskFlags
+
+        if self.nodata_override is not None:
+            return "value", [self.nodata_override] * len(self.unique_bands)
+        flags = [self.ds.mask_flag_enums[b - 1] for b in self.unique_bands]
+        if all(f == [MaskFlags.all_valid] for f in flags):
+            return "all", []
+        if all(MaskFlags.nodata in f for f in flags):
+            return "value", [self.ds.nodatavals[b - 1] for b in self.unique_bands]
+        return "gdal", []
 
     # ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -297,11 +312,16 @@ class RasterSource:
         window = window or Window(0, 0, self.width, self.height)
         try:
             raw = self.ds.read(self.unique_bands, window=window, out_dtype="float32")  # (U, h, w)
-            if self.nodata_override is None:
+            if self._mask_mode == "value":  # nodata value: compare, no second decode
+                valid = np.ones(raw.shape[1:], dtype=bool)
+                for band, value in zip(raw, self._nodata_values):
+                    if value is not None and not np.isnan(value):
+                        valid &= band != np.float32(value)
+            elif self._mask_mode == "all":
+                valid = np.ones(raw.shape[1:], dtype=bool)
+            else:  # alpha band or internal mask: ask GDAL
                 masks = self.ds.read_masks(self.unique_bands, window=window)  # (U, h, w) 0/255
                 valid = np.all(masks > 0, axis=0)
-            else:
-                valid = np.all(raw != self.nodata_override, axis=0)
         except (RasterioIOError, RasterioError, OSError) as exc:
             raise self._read_error(exc) from None
         for band in raw:
