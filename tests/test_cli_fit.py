@@ -94,6 +94,28 @@ def test_fit_then_test_prints_table_and_writes_reports(scenes, tmp_path, capsys)
     assert [t["protocol"] for t in table] == [r["protocol"] for r in rows]
     assert float(table[0]["mIoU"]) == pytest.approx(rows[0]["mIoU"], abs=1e-4)
 
+    # `entitwist evaluate` on the same checkpoint gives the same numbers as `entitwist test`
+    evaluated = tmp_path / "eval"
+    rc = run(["evaluate", str(best[0]), "--root", str(scenes), "--split", "test", "--batch-size", "3"]
+             + ["--out", str(evaluated), "--per-sample", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "test split" in printed and "protocol lavt" in printed
+    ev = json.loads((evaluated / "evaluate_jsonl_test.json").read_text())["results"]
+    for a, b in zip(
+        sorted(rows, key=lambda r: r["protocol"]), sorted(ev, key=lambda r: r["protocol"])
+    ):
+        assert a["protocol"] == b["protocol"]
+        for k in ("Pr@0.5", "Pr@0.7", "Pr@0.9", "oIoU", "mIoU"):
+            assert a[k] == pytest.approx(b[k], abs=1e-6), (a["protocol"], k)
+    with open(evaluated / "evaluate_jsonl_test_per_sample.csv") as fh:
+        per = list(csv.DictReader(fh))
+    assert len(per) == n_test
+    miou = 100 * sum(float(r["lavt_IoU"]) for r in per) / len(per)
+    assert miou == pytest.approx(
+        rows[0]["mIoU"] if rows[0]["protocol"] == "lavt" else rows[1]["mIoU"], abs=1e-6
+    )
+
 
 @pytest.mark.parametrize(
     "extra,needle",
