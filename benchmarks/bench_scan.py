@@ -157,14 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     shape = f"batch {args.batch}, D {args.dim}, L {args.length}, N {args.state}"
     print(f"selective scan, float32, CPU, {args.threads} thread(s): {shape}")
     runs: dict[str, list[dict]] = {"loop": [], "chunked": []}
+    lines = []
+    load = os.getloadavg()[0]
     for rep in range(args.reps):
         for impl in ("loop", "chunked"):
             res = run_worker(impl, args)
             runs[impl].append(res)
-            print(
-                f"  rep {rep + 1} {impl:8s} fwd {res['forward_s']:7.3f} s  "
+            lines.append(
+                f"rep {rep + 1} {impl:8s} fwd {res['forward_s']:7.3f} s  "
                 f"bwd {res['backward_s']:7.3f} s  scan memory {res['scan_mib']:8.1f} MiB"
             )
+            print("  " + lines[-1])
     # Both implementations compute the same thing: compare output and gradient norms.
     a, b = runs["loop"][0]["norms"], runs["chunked"][0]["norms"]
     worst = max(abs(x - y) / max(abs(x), 1e-30) for x, y in zip(a, b))
@@ -213,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{platform.processor() or platform.machine()}, shared machine (absolute times "
             "are noisy; the ratio is measured interleaved).\n\n"
             "Scan memory = peak RSS of the worker minus its RSS just before the scan "
-            "(inputs excluded).\n\n"
-            f"{table}\n\n**{summary}.**\n"
+            f"(inputs excluded). Load average at the start: {load:.1f} on "
+            f"{os.cpu_count()} cores.\n\n"
+            f"{table}\n\n**{summary}.**\n\nRuns, in order:\n\n```\n" + "\n".join(lines) + "\n```\n"
         )
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(RESULTS) as tmp:
