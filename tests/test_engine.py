@@ -257,3 +257,31 @@ def test_bad_data_settings_are_one_line_errors(tmp_path):
         check_data_args(dataset="coco", root=tmp_path)
     with pytest.raises(ConfigError, match="unknown model"):
         EntiTwistModule("entitwist_huge")
+
+
+def test_train_api_fits_and_tests_on_the_best_checkpoint(scenes, tmp_path):
+    from entitwist.engine import train
+
+    result = train(
+        {
+            "model": {"model_name": "entitwist_tiny", "model_overrides": FAST},
+            "data": {"dataset": "jsonl", "root": str(scenes), "batch_size": 2},
+            "trainer": {
+                "max_epochs": 1,
+                "limit_train_batches": 2,
+                "accelerator": "cpu",
+                "logger": False,
+                "enable_progress_bar": False,
+                "default_root_dir": str(tmp_path),
+            },
+        }
+    )
+    assert Path(result["best_checkpoint"]).is_file() and Path(result["last_checkpoint"]).is_file()
+    assert (Path(result["export"]) / "model.safetensors").is_file()
+    assert set(result["test"]) == {"lavt", "original"} and set(result["val"]) == {
+        "lavt",
+        "original",
+    }
+    assert 0 <= result["test"]["lavt"]["mIoU"] <= 100
+    with pytest.raises(DataError, match="does not exist"):
+        train({"data": {"root": str(tmp_path / "missing")}})
