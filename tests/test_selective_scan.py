@@ -140,19 +140,27 @@ def test_chunk_choice_and_stiff_decays() -> None:
     check_against_reference(args, softplus=False)
 
 
-def test_gradcheck_float64() -> None:
-    torch.manual_seed(7)
-    args = make_inputs(2, 4, 9, 3, "grouped", "variable", groups=2)
-    args = {k: v.double().requires_grad_() for k, v in args.items()}
-    names = list(args)
-
+def _scan_of(names: list[str], chunk: int):
     def fn(*tensors):
         kw = dict(zip(names, tensors))
-        out, last = ss._selective_scan_chunked(
-            **kw, delta_softplus=True, return_last_state=True, chunk=4
+        return ss._selective_scan_chunked(
+            **kw, delta_softplus=True, return_last_state=True, chunk=chunk
         )
-        return out, last
 
+    return fn
+
+
+def test_gradcheck_float64() -> None:
+    torch.manual_seed(7)
+    # Full (every-entry) Jacobian on a tiny case: chunks of 2 over L = 5 (the last is 1 step).
+    tiny = make_inputs(1, 2, 5, 2, "variable", "grouped", groups=2)
+    tiny = {k: v.double().requires_grad_() for k, v in tiny.items()}
+    fn = _scan_of(list(tiny), chunk=2)
+    assert torch.autograd.gradcheck(fn, tuple(tiny.values()), eps=1e-6, atol=1e-6)
+    # Randomised (fast-mode) checks on larger cases.
+    args = make_inputs(2, 4, 9, 3, "grouped", "variable", groups=2)
+    args = {k: v.double().requires_grad_() for k, v in args.items()}
+    fn = _scan_of(list(args), chunk=4)
     assert torch.autograd.gradcheck(fn, tuple(args.values()), eps=1e-6, atol=1e-6, fast_mode=True)
     fixed = make_inputs(1, 3, 5, 2, "fixed", "fixed", use_z=False, use_bias=False)
     fixed = {k: v.double().requires_grad_() for k, v in fixed.items() if v is not None}
