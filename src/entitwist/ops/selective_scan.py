@@ -15,6 +15,15 @@ reads group ``d // (D // G)``).
 ``mamba_ssm`` is importable; otherwise it runs the project's own scan in plain PyTorch.
 :func:`selective_scan_ref` is the plain sequential loop over ``L``: the reference twin that
 the tests hold the fast path against.
+
+The PyTorch scan works in chunks of up to 32 steps (closed form inside a chunk, a sequential
+pass over chunks) with a hand-written adjoint backward that recomputes states chunk by chunk.
+At batch 8, D 512, L 2048, N 16 (float32, CPU) forward + backward is about 4x faster than the
+sequential loop and uses about a tenth of its memory (``benchmarks/bench_scan.py``). The chunk
+length is chosen per call from the largest ``|delta * A|`` summed over a chunk; inputs with
+single steps beyond ``|delta * A| = 60`` (a decay below 1e-26 in one step) run one step per
+chunk: still exact, and still faster than the autograd loop, but several times slower than
+the chunked path.
 """
 
 from __future__ import annotations
