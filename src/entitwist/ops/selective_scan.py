@@ -22,8 +22,8 @@ At batch 8, D 512, L 2048, N 16 (float32, CPU) forward + backward is about 4x fa
 sequential loop and uses about a tenth of its memory (``benchmarks/bench_scan.py``). The chunk
 length is chosen per call from the largest ``|delta * A|`` summed over a chunk; inputs with
 single steps beyond ``|delta * A| = 60`` (a decay below 1e-26 in one step) run one step per
-chunk: still exact, and still faster than the autograd loop, but several times slower than
-the chunked path.
+chunk: still exact, and still faster than the autograd loop (1.5-2x at batch 2, D 256,
+L 512), but about half as fast as 32-step chunks.
 """
 
 from __future__ import annotations
