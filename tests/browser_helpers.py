@@ -1,0 +1,136 @@
+"""Helpers for the browser tests: Debian's Chromium through Playwright, and the app server.
+
+No browser is downloaded: Playwright drives ``/usr/bin/chromium`` (installed by
+``scripts/install_chromium.sh``), headless, with everything that phones home switched off;
+the page's requests to anything but the server are refused and recorded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    """The Chromium executable, or fail the test saying how to install it."""
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail(
+            "Chromium is missing: run 'bash scripts/install_chromium.sh' as root "
+            "(it installs Debian's chromium package), or 'make test', then rerun the browser tests",
+            pytrace=False,
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class AppServer:
+    """``entitwist app`` in a subprocess on a free loopback port.
+
+    Attributes: ``url``, ``temp_dir`` (the folder the server says it uses), ``process``.
+    """
+
+    def __init__(self, checkpoint: Path, cwd: Path, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+        self.log_path = cwd / "server.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "entitwist.cli", "app", "--checkpoint", str(checkpoint)]
+        cmd += ["--port", str(self.port), "--device", "cpu", *(extra or [])]
+        self.process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log, stderr=self._log)
+        self.temp_dir: Path | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the app server exited early:\n{self.log()}")
+            match = re.search(r"temporary files in (\S+)", self.log())
+            if match and self.temp_dir is None:
+                self.temp_dir = Path(match.group(1))
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"the app server did not answer within {timeout:.0f} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM (the server cleans up), then SIGKILL if it hangs; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return int(self.process.returncode)
+
+
+def launch_chromium(playwright: Any) -> Any:
+    return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+
+
+def local_only(page: Any, base_url: str) -> list[str]:
+    """Refuse every request that is not to ``base_url``; returns the list of refused URLs."""
+    refused: list[str] = []
+
+    def handle(route: Any) -> None:
+        url = route.request.url
+        if url.startswith(base_url) or url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            refused.append(url)
+            route.abort()
+
+    page.route("**/*", handle)
+    return refused
+
+
+def save_screenshot(page: Any, path: Path, max_bytes: int = 300_000) -> Path:
+    """A full-page screenshot as an optimised palette PNG (under ``max_bytes``)."""
+    from PIL import Image
+
+    raw = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for colours in (256, 128, 64):
+        picture = raw.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=0)
+        picture.save(path, format="PNG", optimize=True)
+        if path.stat().st_size <= max_bytes:
+            break
+    return path
