@@ -134,3 +134,53 @@ def save_screenshot(page: Any, path: Path, max_bytes: int = 300_000) -> Path:
         if path.stat().st_size <= max_bytes:
             break
     return path
+
+
+def take_screenshot(checkpoint: Path, out: Path, example: int = 0) -> Path:
+    """Start ``entitwist app`` with ``checkpoint``, run one example, save a page screenshot.
+
+    ``python tests/browser_helpers.py --checkpoint demo_output/model`` refreshes
+    ``docs/images/app_screenshot.png`` with a trained model.
+    """
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="entitwist-shot-") as cwd:
+        server = AppServer(checkpoint.resolve(), Path(cwd))
+        try:
+            server.wait_ready(timeout=120)
+            with sync_playwright() as pw:
+                chrome = launch_chromium(pw)
+                tab = chrome.new_page(viewport={"width": 1280, "height": 900})
+                refused = local_only(tab, server.url)
+                tab.goto(server.url)
+                tab.locator("#examples tbody tr").nth(example).locator("td").nth(0).click()
+                tab.wait_for_function(
+                    "() => (document.querySelector('#status')?.innerText || '').includes('Segmented')",
+                    timeout=120_000,
+                )
+                tab.wait_for_selector("#overlay img")
+                tab.wait_for_timeout(500)  # let the pictures finish loading
+                save_screenshot(tab, out)
+                chrome.close()
+                if refused:
+                    raise RuntimeError(f"the page tried to reach the internet: {refused[:3]}")
+        finally:
+            server.stop()
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Screenshot of the web page after one run.")
+    parser.add_argument("--checkpoint", default="demo_output/model", type=Path)
+    parser.add_argument(
+        "--out",
+        default=Path(__file__).resolve().parents[1] / "docs/images/app_screenshot.png",
+        type=Path,
+    )
+    parser.add_argument("--example", default=0, type=int)
+    args = parser.parse_args()
+    print(take_screenshot(args.checkpoint, args.out, args.example))
