@@ -272,12 +272,12 @@ def test_prx_command_scores_a_checkpoint(world, tmp_path, capsys):
     assert f"Pr@0.5={100 * np.mean(np.asarray(ious) >= 0.5):.2f}" in printed
 
 
-def test_ksweep_reads_miou_and_k(tmp_path, capsys):
+def test_ksweep_reads_miou_and_sizes(tmp_path, capsys):
     runs = tmp_path / "runs"
     want = {}
     for ds_name in ("rrsisd", "refsegrs"):
         for k, miou in ((10, 60.5), (20, 63.25), (40, 66.83)):
-            d = runs / f"fig6_{ds_name}_k{k}" / "version_0"
+            d = runs / f"fig6_{ds_name}_k{k}" / "version_0"  # K from the run's folder name
             m = _write_results(d / "test_results.json", None, dataset=ds_name)
             _write_results(d / "val_results.json", None, dataset=ds_name, split="val")
             # set a known mIoU in the JSON
@@ -288,15 +288,26 @@ def test_ksweep_reads_miou_and_k(tmp_path, capsys):
             assert m  # written
     series = ksweep_points([runs])
     assert series == {name: sorted(v) for name, v in want.items()}
-    # K from a max_entities field overrides nothing in the path; --k overrides everything
+    # K from a max_entities field, from the checkpoint's config.json, or --k
     single = tmp_path / "single.json"
-    _write_results(single, None, max_entities=30)
-    assert ksweep_points([single]) == {
-        "jsonl": [(30, pytest.approx(ksweep_points([single])["jsonl"][0][1]))]
-    }
-    assert ksweep_points([single], ks=[50])["jsonl"][0][0] == 50
+    m30 = _write_results(single, None, max_entities=30)
+    assert ksweep_points([single]) == {"jsonl": [(30, pytest.approx(m30["mIoU"]))]}
+    assert ksweep_points([single], ks=[50]) == {"jsonl": [(50, pytest.approx(m30["mIoU"]))]}
     with pytest.raises(InputError, match="K=30"):
         ksweep_points([single, single])
+    ckpt = tmp_path / "export"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"fusion": {"max_entities": 25}}))
+    from_cfg = tmp_path / "other.json"
+    _write_results(from_cfg, None)
+    data = json.loads(from_cfg.read_text())
+    data["checkpoint"] = str(ckpt)
+    from_cfg.write_text(json.dumps(data))
+    assert ksweep_points([from_cfg])["jsonl"][0][0] == 25
+    no_k = tmp_path / "plain.json"
+    _write_results(no_k, None)
+    with pytest.raises(InputError, match="--k"):
+        ksweep_points([no_k])
 
     out = tmp_path / "k.png"
     assert cli(["figures", "ksweep", "--results", str(runs), "-o", str(out)]) == 0

@@ -352,7 +352,7 @@ def _quiet_json(path: Path) -> Any:
         return None
 
 
-_K_IN_PATH = re.compile(r"(?:^|[^a-z0-9])k[_=-]?(\d+)(?![0-9])")
+_K_IN_PATH = re.compile(r"(?:^|[^a-z0-9])k[_=-]?([1-9][0-9]*)(?![0-9])")
 
 
 def _k_of(path: Path, data: dict[str, Any], row: dict[str, Any]) -> int | None:
@@ -367,8 +367,12 @@ def _k_of(path: Path, data: dict[str, Any], row: dict[str, Any]) -> int | None:
             k = (_quiet_json(cfg) or {}).get("fusion", {}).get("max_entities")
             if isinstance(k, int):
                 return k
-    for text in (str(path), str(ckpt or "")):
-        hits = _K_IN_PATH.findall(text.lower())
+    # a k<N> in the file name or its three nearest folders (nearest first), then the checkpoint's
+    names = [path.stem, *(p.name for p in list(path.parents)[:3])]
+    if isinstance(ckpt, str) and ckpt:
+        names += [Path(ckpt).stem, *(p.name for p in list(Path(ckpt).parents)[:3])]
+    for name in names:
+        hits = _K_IN_PATH.findall(name.lower())
         if hits:
             return int(hits[-1])
     return None
@@ -553,14 +557,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="entitwist figures",
         description="Figures of the paper: overlays, Pr@X curve, K sweep (Fig. 6), stage maps (Fig. 5), DAT PCA (Fig. 8).",
     )
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda, ... (default: cuda when available)"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
     )
     sub = parser.add_subparsers(
         dest="kind", required=True, metavar="{overlays,prx,ksweep,stages,pca}"
     )
 
-    p = sub.add_parser("overlays", help="image, sentence, ground truth and prediction per sample")
+    p = sub.add_parser(
+        "overlays", parents=[common], help="image, sentence, ground truth and prediction per sample"
+    )
     p.add_argument("--checkpoint", required=True, help="save_pretrained folder or .ckpt")
     _add_data_args(p, required=True)
     p.add_argument(
@@ -569,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=8, help="number of samples when --ids is not given")
     p.add_argument("-o", "--out", required=True, help="output folder")
 
-    p = sub.add_parser("prx", help="Pr@X against the IoU threshold X")
+    p = sub.add_parser("prx", parents=[common], help="Pr@X against the IoU threshold X")
     p.add_argument("--results", nargs="+", default=None, help="results JSONs or per-sample CSVs")
     p.add_argument("--checkpoint", nargs="+", default=None, help="score these models here instead")
     _add_data_args(p, required=False)
@@ -579,7 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("-o", "--out", required=True, help="output picture (.png, .pdf, .svg)")
 
-    p = sub.add_parser("ksweep", help="mIoU against the number of entity masks K (Fig. 6)")
+    p = sub.add_parser(
+        "ksweep", parents=[common], help="mIoU against the number of entity masks K (Fig. 6)"
+    )
     p.add_argument("--results", nargs="+", required=True, help="results JSONs or folders of runs")
     p.add_argument(
         "--k", nargs="+", type=int, default=None, help="K of each results file, in order"
@@ -589,7 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="rows of this split only (default test)")
     p.add_argument("-o", "--out", required=True)
 
-    p = sub.add_parser("stages", help="language-referred feature maps of the four stages (Fig. 5)")
+    p = sub.add_parser(
+        "stages",
+        parents=[common],
+        help="language-referred feature maps of the four stages (Fig. 5)",
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--compare", nargs="+", default=[], help="further models, one row each")
     _add_model_input_args(p)
@@ -599,7 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True)
 
     p = sub.add_parser(
-        "pca", help="3D PCA of visual and textual features before/after DAT (Fig. 8)"
+        "pca",
+        parents=[common],
+        help="3D PCA of visual and textual features before/after DAT (Fig. 8)",
     )
     p.add_argument("--checkpoint", required=True)
     _add_model_input_args(p)

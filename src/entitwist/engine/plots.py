@@ -139,6 +139,7 @@ def plot_prx(curves: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
             c["x"],
             c["y"],
             marker=None if c["fine"] else "o",
+            linestyle="-" if c["fine"] else "--",
             label=c["label"] + ("" if c["fine"] else " (Pr@ columns)"),
         )
     ax.set_xlabel("IoU threshold X")
