@@ -346,6 +346,8 @@ def test_stages_command_and_maps(world, tmp_path, capsys):
             SENTENCE,
             "--reduce",
             "pca",
+            "--blend",
+            "0.4",
             "-o",
             str(png),
         ]
@@ -619,6 +621,23 @@ def test_bad_input_one_line_exit_2(world, tmp_path, capsys):
                 str(tmp_path / "s.png"),
             ],
             "sentence",
+        ),
+        (
+            [
+                "figures",
+                "stages",
+                "--checkpoint",
+                full,
+                "--image",
+                img,
+                "--sentence",
+                "a",
+                "--blend",
+                "2",
+                "-o",
+                str(tmp_path / "s.png"),
+            ],
+            "--blend 2",
         ),
     ]
     for argv, needle in cases:

@@ -609,6 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reduce", choices=("mean", "pca", "norm"), default="mean", help="channels -> one map"
     )
+    p.add_argument(
+        "--blend",
+        type=float,
+        default=0.0,
+        help="draw the maps with this opacity (0..1) over the grey image (default 0: maps only)",
+    )
     p.add_argument("-o", "--out", required=True)
 
     p = sub.add_parser(
@@ -771,20 +777,21 @@ def _cmd_stages(args: argparse.Namespace) -> int:
     from entitwist.engine.plots import check_output, plot_stages
 
     check_output(args.out)
+    if not 0 <= args.blend <= 1:
+        raise ConfigError(f"--blend {args.blend} must be between 0 and 1")
     models = [(p, _load_model(p)) for p in [args.checkpoint, *args.compare]]
     image = read_image(args.image)
     entities = _entities_arg(args.entities)
-    rows, shown = [], None
+    rows = []
     for path, model in models:
-        small, out = run_single(model, image, args.sentence, entities, args.device)
-        shown = small if shown is None else shown
+        _, out = run_single(model, image, args.sentence, entities, args.device)
         rows.append(
             {
                 "label": f"{Path(path).name}: {describe_model(model)}",
                 "maps": stage_maps(out["stages"], args.reduce),
             }
         )
-    result = plot_stages(shown, args.sentence, rows, args.out)
+    result = plot_stages(image, args.sentence, rows, args.out, blend=args.blend)
     for row in rows:
         print(
             f"{row['label']}: stages "

@@ -191,11 +191,14 @@ def plot_stages(
     sentence: str,
     rows: Sequence[dict[str, Any]],
     path: str | os.PathLike,
+    blend: float = 0.0,
 ) -> Path:
     """Fig. 5: the image, then one heat map per stage; one row per model.
 
     ``rows``: dicts with ``label`` and ``maps`` (list of (h_t, w_t) float arrays in 0..1).
+    ``blend`` > 0 draws each heat map with that opacity over a grey copy of the image.
     """
+    grey = image.astype(np.float32).mean(axis=2) / 255.0  # (H, W)
     n = max(len(r["maps"]) for r in rows)
     fig = new_figure(2.3 * (n + 1), 2.5 * len(rows) + 0.4)
     axes = fig.subplots(len(rows), n + 1, squeeze=False)
@@ -208,6 +211,8 @@ def plot_stages(
         for t in range(n):
             ax = axes[r][t + 1]
             if t < len(row["maps"]):
+                if blend > 0:
+                    ax.imshow(grey, cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0))
                 # extent stretches the h_t x w_t map over the image's frame
                 ax.imshow(
                     row["maps"][t],
@@ -216,6 +221,7 @@ def plot_stages(
                     vmax=1,
                     interpolation="bilinear",
                     extent=(0, w, h, 0),
+                    alpha=blend if blend > 0 else None,
                 )
             if r == 0:
                 shape = row["maps"][t].shape if t < len(row["maps"]) else ()
