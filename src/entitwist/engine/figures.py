@@ -68,6 +68,7 @@ __all__ = [
     "run_single",
     "separation",
     "stage_maps",
+    "write_overlays",
 ]
 
 PR_COLUMNS = ("Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9")
@@ -666,9 +667,6 @@ def _safe_name(sample_id: str) -> str:
 
 
 def _cmd_overlays(args: argparse.Namespace) -> int:
-    from entitwist.engine.plots import plot_overlay_grid, plot_overlay_panel
-    from entitwist.utils import atomic_path
-
     out = Path(args.out)
     if out.suffix.lower() in (".png", ".pdf", ".svg") or out.is_file():
         raise ConfigError(f"-o {str(out)!r} must be a folder for the overlays (one PNG per sample)")
@@ -689,10 +687,38 @@ def _cmd_overlays(args: argparse.Namespace) -> int:
         indices = [where[s] for s in wanted]
     else:
         indices = list(range(min(args.n, len(ids))))
-    items = overlay_items(model, ds, indices, device=args.device)
+    written = write_overlays(model, ds, indices, out, device=args.device)
+    for it in written["items"]:
+        print(f"{it['sample_id']}: IoU {it['iou']:.3f}  {it['sentence']!r}")
+    print(f"wrote {len(written['panels'])} overlays and {written['grid']} in {out}")
+    return 0
+
+
+def write_overlays(
+    model: Any,
+    dataset: Any,
+    indices: Sequence[int],
+    out_dir: str | os.PathLike,
+    device: Any = None,
+) -> dict[str, Any]:
+    """Overlay pictures of ``dataset[i]`` for ``i`` in ``indices`` (raw samples) in ``out_dir``.
+
+    Writes ``<sample_id>.png`` per sample, ``grid.png`` (all samples) and
+    ``overlays.json`` (sample ids, sentences, IoUs at the original size). Returns
+    ``panels`` (paths), ``grid`` (path), ``json`` (path) and ``items`` (see
+    :func:`overlay_items`).
+    """
+    from entitwist.engine.plots import plot_overlay_grid, plot_overlay_panel
+    from entitwist.utils import atomic_path
+
+    if not indices:
+        raise InputError("no sample selected for the overlays; give sample ids or n >= 1")
+    out = Path(out_dir)
+    items = overlay_items(model, dataset, indices, device=device)
     out.mkdir(parents=True, exist_ok=True)
-    for item in items:
-        plot_overlay_panel(item, out / f"{_safe_name(item['sample_id'])}.png")
+    panels = [
+        plot_overlay_panel(item, out / f"{_safe_name(item['sample_id'])}.png") for item in items
+    ]
     grid = plot_overlay_grid(items, out / "grid.png")
     summary = [
         {"sample_id": it["sample_id"], "expression": it["sentence"], "IoU": it["iou"]}
@@ -700,10 +726,7 @@ def _cmd_overlays(args: argparse.Namespace) -> int:
     ]
     with atomic_path(out / "overlays.json") as tmp:
         tmp.write_text(json.dumps({"protocol": "original", "samples": summary}, indent=2) + "\n")
-    for it in items:
-        print(f"{it['sample_id']}: IoU {it['iou']:.3f}  {it['sentence']!r}")
-    print(f"wrote {len(items)} overlays and {grid} in {out}")
-    return 0
+    return {"panels": panels, "grid": grid, "json": out / "overlays.json", "items": items}
 
 
 def _cmd_prx(args: argparse.Namespace) -> int:
@@ -822,6 +845,8 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     result = dat_pca(out["stages"][args.stage - 1], max_points=args.points, seed=args.seed)
     title = f'stage {args.stage}, {describe_model(model)}: "{args.sentence}"'
     path = plot_pca(result, args.out, title=title)
+    if model.config.fusion.dat == "sa":
+        print("note: the SA-only variant has no semantic propagation, so F^sem = F^cube")
     for phase in ("before", "after"):
         r = result[phase]
         print(
