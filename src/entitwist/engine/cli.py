@@ -179,6 +179,9 @@ class EntiTwistCLI(LightningCLI):
     def _report(self, stage: str) -> None:
         from entitwist.engine.report import format_table, make_rows, write_reports
 
+        out_dir = Path(
+            self.trainer.log_dir or self.trainer.default_root_dir
+        )  # collective: every rank
         results = getattr(self.model, f"{stage}_results", None) or {}
         if not results or not self.trainer.is_global_zero:
             return
@@ -193,7 +196,6 @@ class EntiTwistCLI(LightningCLI):
             model=self.model.model.config.name,
             expressions=n,
         )
-        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         ckpt = _get(self.config[self.subcommand], "ckpt_path")
         json_path, csv_path = write_reports(
             out_dir, f"{stage}_results", rows, checkpoint=ckpt, root=str(dm.root)
@@ -268,12 +270,12 @@ def build(config: dict[str, Any] | list[str]) -> EntiTwistCLI:
 def main(argv: list[str] | None = None) -> int:
     """``entitwist fit|validate|test|predict ...``: argv includes the subcommand name."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads `args`, not sys.argv
+    # From the console script, let LightningCLI read sys.argv itself: Lightning's DDP launcher
+    # re-runs sys.argv for the other ranks. From Python (tests, tools), parse `argv`.
+    args = None if argv == sys.argv[1:] else argv
     try:
-        EntiTwistCLI(args=argv)
+        EntiTwistCLI(args=args)
     except EntitwistError as exc:
         print(f"entitwist: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        sys.argv = saved
     return 0

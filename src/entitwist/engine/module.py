@@ -402,13 +402,14 @@ class ExportBestCallback(Callback):
         self.info: dict[str, Any] = {}
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
+        # trainer.log_dir is a collective under DDP: read it on every rank, then leave rank > 0
         target = (
             Path(self.dirpath)
             if self.dirpath
             else Path(trainer.log_dir or trainer.default_root_dir) / "export"
         )
+        if not trainer.is_global_zero:
+            return
         ckpt_cb = trainer.checkpoint_callback
         best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
         model = copy.deepcopy(pl_module.model).cpu()
