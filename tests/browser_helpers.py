@@ -58,11 +58,17 @@ class AppServer:
     Attributes: ``url``, ``temp_dir`` (the folder the server says it uses), ``process``.
     """
 
-    def __init__(self, checkpoint: Path, cwd: Path, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: Path,
+        cwd: Path,
+        extra: list[str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-        self.log_path = cwd / "server.log"
+        self.log_path = (log_dir or cwd) / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         cmd = [sys.executable, "-m", "entitwist.cli", "app", "--checkpoint", str(checkpoint)]
         cmd += ["--port", str(self.port), "--device", "cpu", *(extra or [])]
@@ -146,8 +152,9 @@ def take_screenshot(checkpoint: Path, out: Path, example: int = 0) -> Path:
 
     from playwright.sync_api import sync_playwright
 
-    with tempfile.TemporaryDirectory(prefix="entitwist-shot-") as cwd:
-        server = AppServer(checkpoint.resolve(), Path(cwd))
+    with tempfile.TemporaryDirectory(prefix="entitwist-shot-") as logs:
+        # run in the current folder so that the page names the checkpoint as given
+        server = AppServer(checkpoint, Path.cwd(), log_dir=Path(logs))
         try:
             server.wait_ready(timeout=120)
             with sync_playwright() as pw:

@@ -323,6 +323,10 @@ def test_bad_options_are_one_line(model_dir: Path, capsys: pytest.CaptureFixture
         (["--port", "70000"], "--port 70000 is out of range"),
         (["--max-upload-mb", "0"], "--max-upload-mb 0 must be > 0"),
         (["--max-side", "2"], "--max-side 2 must be at least 4"),
+        (
+            ["--port", "abc"],
+            "argument --port: invalid int value: 'abc'; see 'entitwist app --help'",
+        ),
     ]:
         rc = cli_main(["app", "--checkpoint", str(model_dir), *argv])
         err = capsys.readouterr().err.strip()

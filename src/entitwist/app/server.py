@@ -41,32 +41,58 @@ DEFAULT_CHECKPOINT = Path("demo_output") / "model"
 DEFAULT_PORT = 7860
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises a one-line :class:`InputError` instead of printing the usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(f"{message}; see 'entitwist app --help'")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="entitwist app",
         description="Start the local web page: upload an image, type sentences, get masks.",
     )
     parser.add_argument(
         "--checkpoint",
         default=None,
+        metavar="DIR",
         help=f"a save_pretrained model folder (default: ./{DEFAULT_CHECKPOINT}, from 'make demo')",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback)")
     parser.add_argument(
-        "--port", type=int, default=None, help=f"port (default: the first free from {DEFAULT_PORT})"
+        "--host", default="127.0.0.1", metavar="ADDR", help="address to listen on (loopback)"
     )
     parser.add_argument(
-        "--max-upload-mb", type=float, default=50.0, help="largest upload in MB (default 50)"
+        "--port",
+        metavar="N",
+        type=int,
+        default=None,
+        help=f"port (default: the first free from {DEFAULT_PORT})",
     )
     parser.add_argument(
-        "--max-side", type=int, default=4096, help="largest image side in pixels (default 4096)"
+        "--max-upload-mb",
+        metavar="N",
+        type=float,
+        default=50.0,
+        help="largest upload in MB (default 50)",
     )
     parser.add_argument(
-        "--max-sentences", type=int, default=8, help="sentences per run (default 8)"
+        "--max-side",
+        metavar="N",
+        type=int,
+        default=4096,
+        help="largest image side in pixels (default 4096)",
+    )
+    parser.add_argument(
+        "--max-sentences", metavar="N", type=int, default=8, help="sentences per run (default 8)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument(
-        "--examples", type=int, default=3, help="synthetic example scenes to preload (default 3)"
+        "--examples",
+        metavar="N",
+        type=int,
+        default=3,
+        help="synthetic example scenes to preload (default 3)",
     )
     parser.add_argument(
         "--allow-remote",
@@ -100,13 +126,12 @@ def resolve_checkpoint(checkpoint: str | None) -> Path:
     """The model folder to serve: ``checkpoint``, else ``./demo_output/model`` if it exists."""
     if checkpoint is not None:
         return Path(os.path.expanduser(checkpoint))
-    default = Path.cwd() / DEFAULT_CHECKPOINT
-    if not (default / "config.json").is_file():
+    if not (Path.cwd() / DEFAULT_CHECKPOINT / "config.json").is_file():
         raise CheckpointError(
             f"no model to serve: {DEFAULT_CHECKPOINT}/ does not exist here; run 'make demo' "
             "(it trains one there) or pass --checkpoint DIR (a save_pretrained folder)"
         )
-    return default
+    return DEFAULT_CHECKPOINT
 
 
 def write_examples(folder: str | os.PathLike, n: int = 3, size: int = 256) -> list[Path]:
@@ -199,7 +224,7 @@ def main(argv: list[str]) -> int:
             examples_dir,
             output_dir=root / "outputs",
             limits=limits,
-            model_name=str(checkpoint),
+            model_name=f"{predictor.model.config.name} from {checkpoint}",
         )
         theme = gr.themes.Default(
             font=["ui-sans-serif", "system-ui", "sans-serif"],  # local fonts: nothing fetched
