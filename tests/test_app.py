@@ -8,6 +8,7 @@ The real page in a real browser is tested in ``test_app_browser.py``.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,20 @@ def test_failed_write_leaves_no_partial_outputs(
     out = handlers.segment(str(path), "the red car")
     assert out.status == "**Error:** disk full; free some space"
     assert _run_folders(handlers) == []
+
+
+def test_old_run_folders_are_pruned(handlers: PageHandlers, tmp_path: Path) -> None:
+    import os
+
+    old = handlers.output_dir / "run-old"
+    old.mkdir()
+    (old / "x_mask.png").write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    recent = handlers.output_dir / "run-recent"
+    recent.mkdir()
+    path, _ = _scene_png(tmp_path)
+    result = handlers.segment_upload(str(path), "the red car")
+    assert not old.exists() and recent.is_dir() and result.folder.is_dir()
 
 
 def test_geotiff_in_gives_geotiff_mask_with_the_same_crs_and_transform(

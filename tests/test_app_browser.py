@@ -111,6 +111,15 @@ def test_page_loads_with_its_examples(page: tuple[Any, list[str]]) -> None:
     assert tab.locator("#sentences textarea").is_editable()
 
 
+def test_server_serves_no_file_outside_its_folder(
+    page: tuple[Any, list[str]], server: AppServer
+) -> None:
+    tab, _ = page
+    for path in (server.log_path, Path("/etc/passwd"), REPO / "pyproject.toml"):
+        response = tab.request.get(f"{server.url}gradio_api/file={path}")
+        assert response.status in (403, 404), (path, response.status)
+
+
 def test_an_example_runs_and_shows_its_pictures(page: tuple[Any, list[str]]) -> None:
     tab, _ = page
     tab.locator("#examples tbody tr").nth(0).locator("td").nth(0).click()

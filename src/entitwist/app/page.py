@@ -309,15 +309,33 @@ class PageHandlers:
         output_dir: where each run's downloads go (a fresh sub-folder per run); the server
             makes it inside its temporary folder.
         limits: :class:`PageLimits`.
+        keep_seconds: run folders older than this are removed when a new run starts (Gradio
+            serves its own copies of the downloads), so a long-lived page does not fill the
+            disk.
     """
 
     def __init__(
-        self, predictor: Any, output_dir: str | os.PathLike, limits: PageLimits = PageLimits()
+        self,
+        predictor: Any,
+        output_dir: str | os.PathLike,
+        limits: PageLimits = PageLimits(),
+        keep_seconds: float = 3600.0,
     ) -> None:
         self.predictor = predictor
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.limits = limits
+        self.keep_seconds = float(keep_seconds)
+
+    def _prune(self) -> None:
+        """Remove the run folders older than ``keep_seconds``."""
+        cutoff = time.time() - self.keep_seconds
+        for folder in self.output_dir.glob("run-*"):
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:  # removed meanwhile
+                pass
 
     # ------------------------------------------------------------------------------------
     def segment_upload(
@@ -333,6 +351,7 @@ class PageHandlers:
         from entitwist.inference.vector import mask_to_polygons, write_polygons
 
         sentences = parse_sentences(text, self.limits)
+        self._prune()
         progress(0.05, desc="reading the image")
         upload = read_upload(path, self.limits)
         started = time.perf_counter()
