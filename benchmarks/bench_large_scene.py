@@ -272,8 +272,12 @@ def main() -> int:
             f"Scene: generated {args.size:,} x {args.size:,} px, {args.bands} bands uint16 "
             f"({raw_gb:.1f} GB raw, {raw_gb / args.bands:.1f} GB a band; {scene.stat().st_size / 1e9:.2f} GB "
             "on disk), tiled 512 x 512, deflate, BigTIFF, EPSG:32616, 0.5 m affine transform, nodata 0 "
-            f"in a corner triangle; written strip by strip in {gen_s:.0f} s (generator peak RSS "
-            f"{gen_peak:.0f} MB).",
+            "in a corner triangle; "
+            + (
+                f"written strip by strip in {gen_s:.0f} s (generator peak RSS {gen_peak:.0f} MB)."
+                if gen_s == gen_s
+                else "reused from an earlier run of this script (--reuse)."
+            ),
             "",
             "Model: `entitwist_tiny`, untrained (output quality is irrelevant to this benchmark), CPU,",
             "on a shared 2-core machine (absolute times are noisy).",

@@ -172,6 +172,8 @@ def write_polygons(
     )
     if path.exists():  # an empty temporary file from atomic_path: let GDAL create it afresh
         path.unlink()
-    pyogrio.write_dataframe(
-        frame, path, driver=driver, layer="segments", geometry_type="MultiPolygon"
-    )
+    with warnings.catch_warnings():  # no CRS is reported once by the caller, not by pyogrio
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        pyogrio.write_dataframe(
+            frame, path, driver=driver, layer="segments", geometry_type="MultiPolygon"
+        )
