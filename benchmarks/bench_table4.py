@@ -94,10 +94,22 @@ def hook_macs(model: nn.Module, run: Callable[[], object]) -> tuple[int, dict[st
     return sum(per_part.values()), per_part
 
 
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of aten._scaled_dot_product_flash_attention_for_cpu, which the flop counter does
+    not know: Q K^T and (softmax) V, 2 FLOPs per multiply-accumulate."""
+    b, h, lq, e = query_shape
+    lk, ev = key_shape[-2], value_shape[-1]
+    return 2 * b * h * lq * lk * (e + ev)
+
+
 def operator_macs(run: Callable[[], object]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    mapping = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        mapping[cpu_sdpa] = _cpu_sdpa_flops
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
     with torch.no_grad(), counter:
         run()
     return counter.get_total_flops() // 2
