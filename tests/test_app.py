@@ -190,6 +190,23 @@ def test_failed_write_leaves_no_partial_outputs(
     assert _run_folders(handlers) == []
 
 
+def test_jpeg_upload_matches_predict_on_the_path(
+    handlers: PageHandlers, predictor: Predictor, tmp_path: Path
+) -> None:
+    rgb = generate_scene(8, size=64).image
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rgb).save(path, quality=92)
+    up = read_upload(path)
+    assert up.rgb.shape == (64, 64, 3) and not up.is_tiff and up.crs is None
+    np.testing.assert_array_equal(up.rgb, np.asarray(Image.open(path).convert("RGB")))
+    result = handlers.segment_upload(str(path), "the red car")
+    expected = predictor.predict(str(path), "the red car")  # the Python API on the file
+    np.testing.assert_array_equal(result.results[0].mask, expected.mask)
+    out = handlers.segment(str(path), "the red car")
+    assert out.status.startswith("Segmented **photo.jpg** (64x64, no CRS)")
+    assert sorted(Path(f).suffix for f in out.files) == [".geojson", ".png"]
+
+
 def test_old_run_folders_are_pruned(handlers: PageHandlers, tmp_path: Path) -> None:
     import os
 

@@ -90,10 +90,12 @@ class Upload:
         rgb: (H, W, 3) uint8.
         valid: (H, W) bool, False on nodata pixels.
         crs: ``rasterio.crs.CRS`` or None.
-        transform: ``affine.Affine`` (identity without georeferencing).
+        transform: ``affine.Affine`` for TIFF input (identity without georeferencing), None
+            for PNG / JPEG.
         georeferenced: the file has a non-identity transform.
         is_tiff: TIFF / GeoTIFF input (a GeoTIFF mask is offered).
-        source: the closed :class:`RasterSource` (its grid, for :func:`open_writer`).
+        source: for TIFF input the closed :class:`RasterSource` (its grid, for
+            :func:`open_writer`), else None.
     """
 
     name: str
@@ -216,9 +218,12 @@ def read_upload(path: str | os.PathLike | None, limits: PageLimits = PageLimits(
     """Read an uploaded file as uint8 RGB within the page's limits.
 
     Checks, in order: a file was given; its size (``max_upload_mb``); its type (PNG, JPEG,
-    TIFF); that it is an image (not corrupt); its pixel size (``max_side``). uint8 imagery is
-    used as is, 16-bit and float imagery percentile-stretched (2-98 %), nodata pixels black.
-    Messages name the file by its own name, not the temporary path.
+    TIFF); that it is an image (not corrupt); its pixel size (``max_side``, from the header,
+    before decoding). PNG and JPEG are decoded by PIL like ``Predictor.predict(path)``
+    (``entitwist.data.io.read_image``); TIFF and GeoTIFF by rasterio like ``entitwist
+    segment`` (uint8 as is, 16-bit and float percentile-stretched 2-98 %, nodata pixels
+    black and not valid, CRS and transform kept). Messages name the file by its own name,
+    not the temporary path.
     """
     if path is None or (isinstance(path, str) and not path.strip()):
         raise InputError("no image uploaded; upload a PNG, JPEG or GeoTIFF first")
@@ -236,26 +241,67 @@ def read_upload(path: str | os.PathLike | None, limits: PageLimits = PageLimits(
         raise InputError(
             f"{name!r} is not a PNG, JPEG or TIFF file; upload one of {', '.join(UPLOAD_SUFFIXES)}"
         )
+    is_tiff = path.suffix.lower() in TIFF_SUFFIXES
+    try:
+        if is_tiff:
+            return _read_tiff_upload(path, name, limits)
+        return _read_picture_upload(path, name, limits)
+    except EntitwistError as exc:
+        # the readers name the temporary path; the user knows the file by its name
+        raise type(exc)(str(exc).replace(str(path), name)) from None
+
+
+def _too_large(name: str, width: int, height: int, limits: PageLimits) -> InputError:
+    return InputError(
+        f"{name!r} is {width}x{height} pixels, larger than the page's limit of "
+        f"{limits.max_side} pixels a side; crop or reduce it, use 'entitwist segment' "
+        "(it tiles large scenes), or restart with --max-side N"
+    )
+
+
+def _read_picture_upload(path: Path, name: str, limits: PageLimits) -> Upload:
+    """PNG / JPEG: decoded by PIL exactly as ``Predictor.predict(path)`` decodes it."""
+    from PIL import Image, UnidentifiedImageError
+
+    from entitwist.data.io import read_image
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise InputError(
+            f"cannot read image {name!r}: it is not a PNG or JPEG image, or it is truncated; "
+            "re-export or re-download it"
+        ) from None
+    if max(width, height) > limits.max_side:
+        raise _too_large(name, width, height, limits)
+    rgb = read_image(path)  # (H, W, 3) uint8
+    return Upload(
+        name=name,
+        rgb=rgb,
+        valid=np.ones(rgb.shape[:2], dtype=bool),
+        crs=None,
+        transform=None,
+        georeferenced=False,
+        is_tiff=False,
+        source=None,
+    )
+
+
+def _read_tiff_upload(path: Path, name: str, limits: PageLimits) -> Upload:
+    """TIFF / GeoTIFF: read with rasterio as ``entitwist segment`` reads it (CRS, nodata)."""
     from rasterio.errors import NotGeoreferencedWarning
 
     from entitwist.inference.raster import RasterSource, gdal_env
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with gdal_env(), RasterSource(path) as source:
-                if max(source.width, source.height) > limits.max_side:
-                    raise InputError(
-                        f"{name!r} is {source.width}x{source.height} pixels, larger than the page's "
-                        f"limit of {limits.max_side} pixels a side; crop or reduce it, use "
-                        "'entitwist segment' (it tiles large scenes), or restart with --max-side N"
-                    )
-                data, valid = source.read_raw()  # (3, H, W) float32, (H, W) bool
-                source.set_stretch_from(data, valid)
-                rgb = source.to_rgb(data, valid)  # (H, W, 3) uint8
-    except EntitwistError as exc:
-        # the reader names the temporary path; the user knows the file by its name
-        raise type(exc)(str(exc).replace(str(path), name)) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with gdal_env(), RasterSource(path) as source:
+            if max(source.width, source.height) > limits.max_side:
+                raise _too_large(name, source.width, source.height, limits)
+            data, valid = source.read_raw()  # (3, H, W) float32, (H, W) bool
+            source.set_stretch_from(data, valid)
+            rgb = source.to_rgb(data, valid)  # (H, W, 3) uint8
     return Upload(
         name=name,
         rgb=rgb,
@@ -263,7 +309,7 @@ def read_upload(path: str | os.PathLike | None, limits: PageLimits = PageLimits(
         crs=source.crs,
         transform=source.transform,
         georeferenced=source.georeferenced,
-        is_tiff=path.suffix.lower() in TIFF_SUFFIXES,
+        is_tiff=True,
         source=source,
     )
 
