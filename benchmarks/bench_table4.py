@@ -42,12 +42,14 @@ VARIANTS = {
     "baseline": {"seg": False, "dat": "none"},
     "SEG only": {"seg": True, "dat": "none"},
     "DAT only": {"seg": False, "dat": "sp_sa"},
+    "full, dense attention": {"attn_kv_stride": (1, 1, 1, 1)},
 }
 PAPER = {  # Table IV of the paper: FLOPs (G, ptflops) and time ratio to the baseline
     "full (SEG + DAT)": (160, 1.46),
     "baseline": (154, 1.00),
     "SEG only": (None, None),
     "DAT only": (None, None),
+    "full, dense attention": (None, None),
 }
 
 

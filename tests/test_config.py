@@ -17,6 +17,7 @@ def test_defaults_are_the_paper_setting() -> None:
     assert c.text.max_tokens == 20 and c.text.kind == "bert"
     assert (c.fusion.seg, c.fusion.dat, c.fusion.propagation) == (True, "sp_sa", "mamba")
     assert c.fusion.max_entities == 40
+    assert c.fusion.attn_kv_stride == (2, 1, 1, 1)  # dense queries, strided keys at stage 1
 
 
 def test_json_round_trip(tmp_path) -> None:

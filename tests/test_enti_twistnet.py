@@ -112,7 +112,7 @@ ABLATIONS = [
     {"spatial": "mamba"},
     {"max_entities": 1},
     {"max_entities": 255},
-    {"attn_kv_stride": (2, 1, 1, 1)},
+    {"attn_kv_stride": (1, 1, 1, 1)},
     {"decoder__head_layers": 2},
 ]
 
