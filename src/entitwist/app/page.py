@@ -516,6 +516,7 @@ class PageHandlers:
 _CSS = """
 #status { min-height: 2.5em; }
 #status p { margin: 0.2em 0; }
+#overlay .grid-wrap, #mask .grid-wrap, #probability .grid-wrap { padding-top: 2.2em; }
 """
 
 _INTRO = """# entitwist: referring segmentation
@@ -569,7 +570,7 @@ def build_app(
         label="Overlay",
         format="png",
         columns=2,
-        height=360,
+        height=400,
         object_fit="contain",
         elem_id="overlay",
         render=False,
@@ -578,7 +579,7 @@ def build_app(
         label="Mask",
         format="png",
         columns=2,
-        height=240,
+        height=270,
         object_fit="contain",
         elem_id="mask",
         render=False,
@@ -587,7 +588,7 @@ def build_app(
         label="Probability (blue 0 -> yellow 1)",
         format="png",
         columns=2,
-        height=240,
+        height=270,
         object_fit="contain",
         elem_id="probability",
         render=False,
