@@ -65,6 +65,7 @@ class AppServer:
         extra: list[str] | None = None,
         log_dir: Path | None = None,
     ) -> None:
+        self.cwd = cwd
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")

@@ -216,4 +216,6 @@ def test_stopping_the_server_removes_its_temporary_folder(server: AppServer) -> 
     assert "my_scene.png" in uploads or "scene_1.png" in uploads
     assert server.stop() == 0
     assert not server.temp_dir.exists()
+    # nothing was written in the folder it ran from (no .gradio/, no outputs) but our log
+    assert sorted(p.name for p in server.cwd.iterdir()) == ["server.log"]
     assert "temporary files removed" in server.log()
