@@ -392,6 +392,8 @@ class PageHandlers:
         Raises :class:`EntitwistError` (one line) for anything the user can fix; nothing is
         left in the output folder when it fails.
         """
+        from PIL import Image
+
         from entitwist.inference.overlay import render_overlay
         from entitwist.inference.raster import open_writer
         from entitwist.inference.vector import mask_to_polygons, write_polygons
@@ -415,9 +417,7 @@ class PageHandlers:
                 mask = pred.mask & upload.valid  # (H, W) bool; nodata is never the object
                 tag = f"{stem}_{i}" if len(preds) > 1 else stem
                 mask_png = folder / f"{tag}_mask.png"
-                from PIL import Image
-
-                Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_png)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(mask_png)  # 8-bit grey
                 files.append(mask_png)
                 mask_tif = None
                 if upload.is_tiff:
