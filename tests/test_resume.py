@@ -34,7 +34,7 @@ def fit_command(root: Path, out: Path, *extra: str) -> list[str]:
         sys.executable, "-m", "entitwist.cli", "fit", "--config", CONFIG,
         "--data.root", str(root), "--data.batch_size", str(BATCH),
         "--trainer.max_epochs", str(EPOCHS), "--trainer.default_root_dir", str(out),
-        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
         "--trainer.logger.save_dir", str(out / "logs"),
         "--checkpoint.every_n_train_steps", "1", "--checkpoint.monitor", "null",
