@@ -117,6 +117,26 @@ def test_demo_rerun_skips_finished_steps(demo_run: dict, capsys: pytest.CaptureF
     assert len(err) == 1 and "--fresh" in err[0]
 
 
+def test_demo_resumes_an_interrupted_training(demo_run: dict, tmp_path: Path, capsys) -> None:
+    """A run that stopped after its last checkpoint (no export yet) resumes from it."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(demo_run["out"], out)
+    (out / "run" / "done.json").unlink()
+    shutil.rmtree(out / "model")
+    capsys.readouterr()
+    assert cli_main(["demo", "--out", str(out), *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "[3/5] train: resuming from" in text and "last.ckpt" in text
+    info = json.loads((out / "model" / "training.json").read_text())
+    assert info["selected_on"] == "val"
+    first = json.loads((demo_run["out"] / "results" / "test_results.json").read_text())
+    again = json.loads((out / "results" / "test_results.json").read_text())
+    # same best-on-val weights, so the same test metrics
+    assert again["results"][0]["mIoU"] == pytest.approx(first["results"][0]["mIoU"], abs=1e-6)
+
+
 def test_demo_on_a_read_only_jsonl_folder(demo_run: dict, tmp_path: Path, capsys) -> None:
     """--data: no val split (a tenth of the train images is held out), store outside the root."""
     src = demo_run["out"] / "scenes"

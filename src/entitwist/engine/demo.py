@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "scenes": 600,
     "size": 128,
     "object_scale": 2.0,
-    "epochs": 8,
+    "epochs": 5,
     "batch_size": 8,
     "lr": 1e-3,
     "seed": 0,
@@ -366,7 +366,7 @@ def _entities_step(args: argparse.Namespace, out: Path, root: Path) -> Path:
 def _run_settings(args: argparse.Namespace, model_name: str, root: Path) -> dict[str, Any]:
     return {
         "model": model_name,
-        "data": str(root),
+        "data": "<out>/scenes" if args.data is None else str(root),  # so <out> may move
         "size": args.size,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -817,6 +817,8 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
+    # the frozen pretrained text encoder stays in eval mode on purpose (no dropout)
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     t0, c0 = time.perf_counter(), time.process_time()
     print(
         f"entitwist demo: model {model_name}, output {out.resolve()}, {threads} CPU thread(s)",
