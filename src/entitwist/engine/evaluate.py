@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
     )
     p.add_argument("--amp", action="store_true", help="mixed precision on GPU")
-    p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: eval/ beside the checkpoint)"
+    )
     p.add_argument(
         "--per-sample", action="store_true", help="also write each expression's I, U, IoU"
     )
@@ -193,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = make_rows(
         results, dataset=args.dataset, split=args.split, model=config.name, expressions=len(dataset)
     )
-    out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
+    # default: beside the model, never inside a save_pretrained folder
+    out = Path(args.out) if args.out else ckpt.resolve().parent / "eval"
     stem = f"evaluate_{args.dataset}_{args.split}"
     json_path, csv_path = write_reports(out, stem, rows, checkpoint=str(ckpt), root=str(args.root))
     if args.per_sample:
