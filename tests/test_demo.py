@@ -118,7 +118,8 @@ def test_demo_rerun_skips_finished_steps(demo_run: dict, capsys: pytest.CaptureF
 
 
 def test_demo_resumes_an_interrupted_training(demo_run: dict, tmp_path: Path, capsys) -> None:
-    """A run that stopped after its last checkpoint (no export yet) resumes from it."""
+    """A run that stopped after its last checkpoint (no export yet) resumes from it, even
+    when its output folder was moved in between."""
     import shutil
 
     out = tmp_path / "out"
@@ -131,6 +132,9 @@ def test_demo_resumes_an_interrupted_training(demo_run: dict, tmp_path: Path, ca
     assert "[3/5] train: resuming from" in text and "last.ckpt" in text
     info = json.loads((out / "model" / "training.json").read_text())
     assert info["selected_on"] == "val"
+    # the copied folder's own checkpoint was used (paths re-rooted), with its score
+    assert Path(info["checkpoint"]).parent == (out / "run" / "checkpoints").resolve()
+    assert info["score"] is not None
     first = json.loads((demo_run["out"] / "results" / "test_results.json").read_text())
     again = json.loads((out / "results" / "test_results.json").read_text())
     # same best-on-val weights, so the same test metrics

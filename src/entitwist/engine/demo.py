@@ -456,7 +456,7 @@ def _train_step(
         f"on the CPU ({trainable / 1e6:.2f} M of {total / 1e6:.2f} M parameters trained), "
         f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g}",
     )
-    ckpt = ModelCheckpoint(
+    ckpt = _movable_checkpoint_class(ModelCheckpoint)(
         dirpath=run / "checkpoints",
         monitor="val/mIoU",
         mode="max",
@@ -498,6 +498,7 @@ def _train_step(
         "wall_s": round(time.perf_counter() - t0, 1),
         "cpu_s": round(time.process_time() - c0, 1),
         "resumed": resume,
+        "stopped_by_max_minutes": int(trainer.current_epoch) < args.epochs,
     }
     _write_json(done_file, result)
     _say(
@@ -507,6 +508,37 @@ def _train_step(
         f"{result['best_val_mIoU']:.2f} at epoch {result['epoch']}; model exported to {model_dir}",
     )
     return result
+
+
+def _movable_checkpoint_class(base: type) -> type:
+    """``ModelCheckpoint`` whose restored state follows a moved output folder.
+
+    Lightning restores the best score and paths only when the checkpoint folder is the
+    one recorded in the checkpoint; the demo re-roots the recorded paths into the current
+    folder first, so ``<out>`` can be moved between an interrupted run and its resumption.
+    """
+
+    class MovableCheckpoint(base):  # type: ignore[misc, valid-type]
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            old = state_dict.get("dirpath")
+            if old and self.dirpath and old != self.dirpath:
+
+                def move(path: Any) -> Any:
+                    return str(Path(self.dirpath) / Path(path).name) if path else path
+
+                state_dict = {
+                    **state_dict,
+                    "dirpath": self.dirpath,
+                    "best_model_path": move(state_dict.get("best_model_path")),
+                    "kth_best_model_path": move(state_dict.get("kth_best_model_path")),
+                    "last_model_path": move(state_dict.get("last_model_path")),
+                    "best_k_models": {
+                        move(k): v for k, v in (state_dict.get("best_k_models") or {}).items()
+                    },
+                }
+            super().load_state_dict(state_dict)
+
+    return MovableCheckpoint
 
 
 # ------------------------------------------------------------------------------ step 4: test
@@ -819,6 +851,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
     # the frozen pretrained text encoder stays in eval mode on purpose (no dropout)
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     t0, c0 = time.perf_counter(), time.process_time()
     print(
         f"entitwist demo: model {model_name}, output {out.resolve()}, {threads} CPU thread(s)",
