@@ -17,7 +17,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("entitwist.engine.cli", "evaluate on the validation split"),
     "test": ("entitwist.engine.cli", "evaluate on the test split"),
     "predict": ("entitwist.engine.cli", "write predicted masks for a split"),
-    "evaluate": ("entitwist.engine.evaluate", "score a checkpoint on a dataset split (table, JSON, CSV)"),
+    "evaluate": (
+        "entitwist.engine.evaluate",
+        "score a checkpoint on a dataset split (table, JSON, CSV)",
+    ),
     "figures": ("entitwist.engine.figures", "overlays, Pr@X curve, K sweep, stage maps, DAT PCA"),
     "demo": ("entitwist.engine.demo", "offline demo: synthetic scenes, entities, train, evaluate"),
     "synth": ("entitwist.data.synthetic", "generate synthetic referring scenes (JSONL folder)"),

@@ -27,8 +27,12 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     """
     target = Path(target)
     if not overwrite and target.exists():
-        raise FileExistsError(f"{target} exists; pass overwrite=True (or --overwrite) to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+        raise FileExistsError(
+            f"{target} exists; pass overwrite=True (or --overwrite) to replace it"
+        )
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp makes the file 0600; give the final file the permissions a plain open() would.
