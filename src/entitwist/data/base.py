@@ -438,3 +438,23 @@ def check_root(name: str, root: str | os.PathLike) -> Path:
             f"{name} dataset root not found: {path}; pass the folder that holds the dataset"
         )
     return path
+
+
+def file_dataset(
+    records: list[Record],
+    *,
+    name: str,
+    root: Path,
+    split: str,
+    listed_in: str,
+    entities: str | os.PathLike | None,
+    **options: Any,
+) -> ReferringDataset:
+    """Check that every listed image and mask file exists, find the entity store, and build
+    the dataset (the common end of the loaders whose masks are files)."""
+    check_files_exist((r.image_path for r in records), listed_in, "images")
+    check_files_exist((r.mask.path for r in records), listed_in, "masks")  # type: ignore[attr-defined]
+    entity_dir, tag = resolve_entity_dir(root, entities)
+    return ReferringDataset(
+        records, name=name, root=root, split=split, entity_dir=entity_dir, entity_tag=tag, **options
+    )

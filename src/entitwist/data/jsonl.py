@@ -31,11 +31,10 @@ from entitwist.data.base import (
     MaskFile,
     Record,
     ReferringDataset,
-    check_files_exist,
     check_root,
+    file_dataset,
     image_key,
     read_text_lines,
-    resolve_entity_dir,
     warn_skipped,
 )
 from entitwist.errors import ConfigError, DataError
@@ -141,17 +140,14 @@ def load_jsonl(
                 extra=extra,
             )
         )
-    check_files_exist((r.image_path for r in records), str(ann_path), "images")
-    check_files_exist((r.mask.path for r in records), str(ann_path), "masks")  # type: ignore[attr-defined]
-    entity_dir, tag = resolve_entity_dir(root, entities)
-    return ReferringDataset(
+    return file_dataset(
         records,
         name="jsonl",
         root=root,
         split=split,
+        listed_in=str(ann_path),
+        entities=entities,
         transform=transform,
-        entity_dir=entity_dir,
-        entity_tag=tag,
         one_expression_per_ref=one_expression_per_ref,
         max_entities=max_entities,
         seed=seed,

@@ -26,12 +26,11 @@ from entitwist.data.base import (
     MaskFile,
     Record,
     ReferringDataset,
-    check_files_exist,
     check_root,
     check_split,
+    file_dataset,
     image_key,
     parse_phrase_file,
-    resolve_entity_dir,
     unique_ids,
 )
 
@@ -74,17 +73,14 @@ def load_risbench(
                 mask=MaskFile(root / "mask" / name, mask_threshold),
             )
         )
-    check_files_exist((r.image_path for r in records), str(phrase_file), "images")
-    check_files_exist((r.mask.path for r in records), str(phrase_file), "masks")  # type: ignore[attr-defined]
-    entity_dir, tag = resolve_entity_dir(root, entities)
-    return ReferringDataset(
+    return file_dataset(
         records,
         name="risbench",
         root=root,
         split=split,
+        listed_in=str(phrase_file),
+        entities=entities,
         transform=transform,
-        entity_dir=entity_dir,
-        entity_tag=tag,
         one_expression_per_ref=one_expression_per_ref,
         max_entities=max_entities,
         seed=seed,
