@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from entitwist.errors import CheckpointError, InputError
+from entitwist.utils.cli_parser import OneLineArgumentParser
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
@@ -41,15 +42,8 @@ DEFAULT_CHECKPOINT = Path("demo_output") / "model"
 DEFAULT_PORT = 7860
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises a one-line :class:`InputError` instead of printing the usage."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"{message}; see 'entitwist app --help'")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineArgumentParser(
         prog="entitwist app",
         description="Start the local web page: upload an image, type sentences, get masks.",
     )

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from entitwist.errors import EntitwistError, InputError
+from entitwist.utils.cli_parser import OneLineArgumentParser
 
 __all__ = ["main", "build_parser", "OutputPlan", "plan_outputs", "segment_to_files"]
 
@@ -48,15 +49,8 @@ _TIF = {".tif", ".tiff"}
 _VEC = {".geojson", ".json", ".gpkg"}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises one-line :class:`InputError` instead of printing usage."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"{message}; see 'entitwist segment --help'")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineArgumentParser(
         prog="entitwist segment",
         description="Segment the object a sentence refers to in an image or GeoTIFF.",
     )
