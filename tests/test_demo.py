@@ -191,6 +191,10 @@ def test_demo_on_a_read_only_jsonl_folder(demo_run: dict, tmp_path: Path, capsys
         (["--model", "nope"], "unknown model"),
         (["--data", "/nonexistent/folder"], "not a JSONL dataset folder"),
         (["--entities-out", "x"], "--data only"),
+        (["--density", "0"], "--density 0"),
+        (["--warmup-steps", "-1"], "--warmup-steps -1"),
+        (["--dice-weight", "-1"], "--dice-weight -1"),
+        (["--grad-clip", "-1"], "--grad-clip -1"),
     ],
 )
 def test_demo_bad_options(bad: list[str], words: str, tmp_path: Path, capsys) -> None:

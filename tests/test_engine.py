@@ -246,6 +246,46 @@ def test_entity_store_chosen_by_k(tmp_path):
     assert select_entity_store(tmp_path, None, 20) is None
 
 
+@pytest.mark.parametrize("total,warmup", [(20, 5), (12, 1), (8, 8)])
+def test_poly_schedule_with_warmup(total, warmup):
+    model = _Tiny()
+    opt = build_optimizer(model, lr=2e-3)
+    sched = build_poly_scheduler(opt, total_steps=total, power=0.9, warmup_steps=warmup)
+    seen = []
+    for _ in range(total + 1):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # linear rise to the base lr over the warm-up, then the poly decay over what is left
+    for k in range(warmup):
+        assert seen[k] == pytest.approx(2e-3 * (k + 1) / warmup)
+    span = max(1, total - warmup)
+    for k in range(warmup, total + 1):
+        want = 0.0 if k >= total else 2e-3 * (1 - (k - warmup) / span) ** 0.9
+        assert seen[k] == pytest.approx(want, abs=1e-15)
+    assert max(seen) == pytest.approx(2e-3) and seen[-1] == 0.0
+    assert poly_factor(3, 10, 0.9, 0) == poly_factor(3, 10, 0.9)  # no warm-up: the paper's
+
+
+def test_module_loss_weights_and_warmup_settings():
+    from entitwist.models.loss import referring_loss
+
+    logits = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    target = (torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.7).long()
+    paper = referring_loss(logits, target)
+    heavy = referring_loss(logits, target, dice_weight=1.0)
+    assert heavy > paper  # the Dice term is positive and now weighs ten times more
+    module = EntiTwistModule(
+        "entitwist_tiny", model_overrides=FAST, dice_weight=1.0, warmup_steps=7
+    )
+    assert module.dice_weight == 1.0 and module.warmup_steps == 7
+    assert module.hparams["dice_weight"] == 1.0  # saved in checkpoints with the rest
+    with pytest.raises(ConfigError, match="warmup_steps=-1"):
+        EntiTwistModule("entitwist_tiny", model_overrides=FAST, warmup_steps=-1)
+    with pytest.raises(ConfigError, match="dice_weight=-0.5"):
+        EntiTwistModule("entitwist_tiny", model_overrides=FAST, dice_weight=-0.5)
+
+
 def test_bad_data_settings_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         check_data_args(dataset="jsonl", root=tmp_path / "nope")
@@ -285,3 +325,28 @@ def test_train_api_fits_and_tests_on_the_best_checkpoint(scenes, tmp_path):
     assert 0 <= result["test"]["lavt"]["mIoU"] <= 100
     with pytest.raises(DataError, match="does not exist"):
         train({"data": {"root": str(tmp_path / "missing")}})
+
+
+def test_frozen_text_encoder_is_cached_and_stays_in_eval_mode():
+    module = EntiTwistModule("entitwist_tiny", model_overrides=FAST)
+    tok = module.tokenizer(["the red car", "all the tanks", "the red car"])
+    batch = {
+        "image": torch.randn(3, 3, 64, 64),
+        "input_ids": tok["input_ids"],
+        "attention_mask": tok["attention_mask"],
+        "entities": torch.randint(0, 5, (3, 64, 64)),
+    }
+    module.eval()
+    trained = module(batch)
+    assert module._text_cache is None  # a trainable encoder is never cached
+    for p in module.model.text.parameters():
+        p.requires_grad_(False)
+    module.train()
+    assert module.training and not module.model.text.training  # frozen: no text dropout
+    module.eval()
+    cached = module(batch)
+    cache = module._text_cache[1]
+    assert cache.misses == 3 and len(cache) == 2
+    torch.testing.assert_close(cached, trained)  # the same logits as the encoder itself gives
+    module(batch)
+    assert cache.hits == 3 and cache.misses == 3

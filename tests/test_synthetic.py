@@ -517,3 +517,23 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     for line in _read(out)[::23]:
         for key in ("image", "mask"):
             assert (out / line[key]).read_bytes() == (tmp_path / "ref" / line[key]).read_bytes()
+
+
+def test_density_thins_the_scene_and_one_keeps_it() -> None:
+    from entitwist.data.synthetic_scene import generate_scene
+
+    full = [generate_scene(s, 128, object_scale=2.0) for s in range(6)]
+    same = [generate_scene(s, 128, object_scale=2.0, density=1.0) for s in range(6)]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(full, same))
+    thin = [generate_scene(s, 128, object_scale=2.0, density=0.3) for s in range(6)]
+    n_full = sum(len(sc.objects) for sc in full)
+    n_thin = sum(len(sc.objects) for sc in thin)
+    assert n_thin < 0.6 * n_full
+    for sc in thin:  # the floors: a building, a tank and two cars are always tried
+        cats = [o.category for o in sc.objects]
+        assert cats.count("building") >= 1 and cats.count("car") >= 1
+        ids = np.unique(sc.instances)
+        assert set(ids[ids > 0]) == {o.id for o in sc.objects}
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(InputError, match="density"):
+            generate_scene(0, 128, density=bad)

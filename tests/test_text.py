@@ -184,3 +184,31 @@ def test_clip_text_tower_and_tokenizer(tmp_path) -> None:
     t_ori, _ = enc(out["input_ids"], out["attention_mask"])
     assert t_ori.shape == (1, 20, 32) and torch.isfinite(t_ori).all()
     assert isinstance(tok, Tokenizer) and tok.kind == "clip"
+
+
+def test_text_feature_cache_matches_the_encoder_and_evicts() -> None:
+    from entitwist.models.text import TextFeatureCache
+
+    torch.manual_seed(0)
+    enc = TextEncoder(TextConfig(**{**TINY_TEXT.__dict__})).eval()
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    tok = build_tokenizer(TINY_TEXT)
+    sents = ["the red car", "all the buildings", "the tank at the top left", "the red car"]
+    batch = tok(sents)
+    cache = TextFeatureCache(enc, max_entries=2)
+    feats, mask = cache(batch["input_ids"], batch["attention_mask"])
+    want, want_mask = enc(batch["input_ids"], batch["attention_mask"])
+    assert torch.allclose(feats, want, atol=1e-6) and torch.equal(mask, want_mask)
+    assert cache.misses == 4 and cache.hits == 0 and len(cache) == 2  # three sentences, two kept
+    # kept: the two most recently used ("the tank ...", "the red car"); a hit needs no encoder
+    again, _ = cache(batch["input_ids"][3:], batch["attention_mask"][3:])
+    assert cache.hits == 1 and torch.allclose(again[0], want[0], atol=1e-6)
+    again, _ = cache(batch["input_ids"][1:2], batch["attention_mask"][1:2])
+    assert cache.misses == 5  # evicted, so computed again, and still right
+    assert torch.allclose(again[0], want[1], atol=1e-6)
+    enc.model.embeddings.word_embeddings.weight.requires_grad_(True)
+    with pytest.raises(ConfigError, match="frozen text encoder"):
+        cache(batch["input_ids"], batch["attention_mask"])
+    with pytest.raises(ConfigError, match="max_entries=0"):
+        TextFeatureCache(enc, max_entries=0)

@@ -435,10 +435,13 @@ def _scene_records(
     k: int,
     types: tuple[str, ...],
     scale: float = 1.0,
+    density: float = 1.0,
 ) -> list[dict]:
     """Draw, write and describe one scene (image, masks); returns its annotation lines."""
     for attempt in range(20):
-        scene = generate_scene(scene_seed(seed, index, attempt), size, object_scale=scale)
+        scene = generate_scene(
+            scene_seed(seed, index, attempt), size, object_scale=scale, density=density
+        )
         rng = np.random.default_rng([scene_seed(seed, index, attempt), 1])
         refs = generate_expressions(scene, rng, k, types=types)
         sets = [set(r.target_ids) for r in refs]
@@ -523,6 +526,7 @@ def write_dataset(
     *,
     types: tuple[str, ...] | list[str] | None = None,
     object_scale: float = 1.0,
+    density: float = 1.0,
     progress: bool = True,
 ) -> dict:
     """Write ``n_scenes`` synthetic scenes in the JSONL folder format.
@@ -550,6 +554,7 @@ def write_dataset(
         overwrite: replace a dataset in a non-empty ``out_dir``.
         types: restrict to these :data:`EXPRESSION_TYPES` (default all).
         object_scale: object size multiplier, see :func:`generate_scene`.
+        density: share of the usual object count in (0, 1], see :func:`generate_scene`.
         progress: show a tqdm bar.
 
     Returns:
@@ -567,6 +572,8 @@ def write_dataset(
         raise InputError(f"size={size} is too small; use a size of at least 32")
     if not 0.5 <= float(object_scale) <= 2.5:
         raise InputError(f"object_scale={object_scale} is out of range; use a value in [0.5, 2.5]")
+    if not 0.0 < float(density) <= 1.0:
+        raise InputError(f"density={density} is out of range; use a value in (0, 1]")
     splits = tuple(float(v) for v in splits)
     if len(splits) != 3 or min(splits) < 0 or abs(sum(splits) - 1) > 1e-6:
         raise InputError(
@@ -588,6 +595,7 @@ def write_dataset(
         "expressions_per_scene": int(expressions_per_scene),
         "types": list(types),
         "object_scale": float(object_scale),
+        "density": float(density),
     }
     _prepare(out, params, overwrite)
     names = _split_names(int(n_scenes), splits, int(seed))
@@ -608,6 +616,7 @@ def write_dataset(
             int(expressions_per_scene),
             types,
             float(object_scale),
+            float(density),
         )
         with atomic_path(rec) as tmp:
             tmp.write_text(json.dumps(scene_lines))
@@ -656,6 +665,12 @@ def main(argv: list[str] | None = None) -> int:
         help="object size multiplier in [0.5, 2.5] (default 1.0)",
     )
     parser.add_argument(
+        "--density",
+        type=float,
+        default=1.0,
+        help="share of the usual number of objects per scene, in (0, 1] (default 1.0)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace the dataset in a non-empty OUT"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -677,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         types=types,
         object_scale=args.object_scale,
+        density=args.density,
         progress=not args.quiet,
     )
     per_split = ", ".join(f"{k} {v}" for k, v in sorted(summary["splits"].items()))

@@ -479,7 +479,14 @@ def _place(fn, tries: int, *args) -> bool:  # noqa: ANN001
     return any(fn(*args) for _ in range(tries))
 
 
-def generate_scene(seed: int, size: int = 512, *, object_scale: float = 1.0) -> Scene:
+def _fewer(n: int, density: float, least: int = 0) -> int:
+    """``n`` objects thinned to ``density`` (1.0 keeps ``n``), never below ``least``."""
+    return n if density >= 1.0 else max(least, int(round(n * density)))
+
+
+def generate_scene(
+    seed: int, size: int = 512, *, object_scale: float = 1.0, density: float = 1.0
+) -> Scene:
     """Paint one aerial-looking scene, deterministically from ``seed``.
 
     Args:
@@ -487,6 +494,9 @@ def generate_scene(seed: int, size: int = 512, *, object_scale: float = 1.0) -> 
         size: the image side in pixels (square), at least 32; objects scale with it.
         object_scale: multiplies object and road sizes (1.0: a car is ~6% of the image
             side; 1.5 makes every object larger and fewer of them fit).
+        density: in (0, 1]; the share of the usual number of objects and trees that is
+            drawn (0.5: about half as many of each kind, at least one building, one tank and
+            two cars). Uncluttered scenes make an easier task (the offline demo uses them).
 
     Returns:
         :class:`Scene` with ``image`` uint8 (size, size, 3), ``instances`` int32
@@ -501,6 +511,9 @@ def generate_scene(seed: int, size: int = 512, *, object_scale: float = 1.0) -> 
         raise InputError(f"synthetic scene seed {seed} is negative; use a seed >= 0")
     if not 0.5 <= float(object_scale) <= 2.5:
         raise InputError(f"object_scale {object_scale} is out of range; use a value in [0.5, 2.5]")
+    if not 0.0 < float(density) <= 1.0:
+        raise InputError(f"density {density} is out of range; use a value in (0, 1]")
+    d = float(density)
     rng = np.random.default_rng(int(seed))
     p = _Painter(rng, int(size), float(object_scale))
     p.land_cover()
@@ -508,20 +521,20 @@ def generate_scene(seed: int, size: int = 512, *, object_scale: float = 1.0) -> 
         p.river_band()
     for _ in range(1 if rng.random() < 0.45 else 2):
         p.road_line()
-    for _ in range(int(rng.choice([0, 1, 2], p=[0.15, 0.5, 0.35]))):
+    for _ in range(_fewer(int(rng.choice([0, 1, 2], p=[0.15, 0.5, 0.35])), d)):
         _place(p.pond, 30)
-    for i in range(int(rng.integers(3, 6))):
+    for i in range(_fewer(int(rng.integers(3, 6)), d, 1)):
         _place(p.building, 30, i == 0 or rng.random() < 0.3)
-    for i in range(int(rng.integers(2, 5))):
+    for i in range(_fewer(int(rng.integers(2, 5)), d, 1)):
         _place(p.tank, 30, i > 0 and rng.random() < 0.6)
-    for i in range(int(rng.integers(3, 8))):
+    for i in range(_fewer(int(rng.integers(3, 8)), d, 2)):
         where = (
             "pond" if i == 0 and rng.random() < 0.5 else ("road" if rng.random() < 0.5 else "land")
         )
         _place(p.vehicle, 30, "car", where)
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(_fewer(int(rng.integers(1, 4)), d)):
         _place(p.vehicle, 30, "truck", "road" if rng.random() < 0.5 else "land")
-    p.trees(int(rng.integers(8, 30)))
+    p.trees(_fewer(int(rng.integers(8, 30)), d))
     # sensor: slight global tint and grain
     img = p.img * rng.uniform(0.96, 1.04, 3).astype(np.float32)
     img += 2.0 * rng.standard_normal(img.shape, dtype=np.float32)

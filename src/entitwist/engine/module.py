@@ -34,6 +34,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from entitwist.errors import CheckpointError, ConfigError, EntitwistError
 from entitwist.metrics import ReferringMetrics, upsample_to_original
+from entitwist.models.loss import DICE_WEIGHT
 
 __all__ = [
     "CONFIG_KEY",
@@ -131,6 +132,10 @@ class EntiTwistModule(LightningModule):
         pretrained: False builds every part with random weights and never touches the network.
         pretrained_dir: start from a ``save_pretrained`` folder instead (its config wins;
             ``model_name`` and ``model_overrides`` are then ignored).
+        warmup_steps: linear learning-rate warm-up before the polynomial decay (0 in the
+            paper; the CPU demo, which trains from scratch for a few thousand steps, uses 100).
+        dice_weight: weight of the per-sample Dice term of the loss (0.1 in the paper; the
+            demo uses 1.0, which leaves the all-background start far sooner).
     """
 
     def __init__(
@@ -142,11 +147,17 @@ class EntiTwistModule(LightningModule):
         power: float = 0.9,
         pretrained: bool = True,
         pretrained_dir: str | None = None,
+        warmup_steps: int = 0,
+        dice_weight: float = DICE_WEIGHT,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if lr <= 0:
             raise ConfigError(f"lr={lr} must be positive; the paper uses 5e-4")
+        if warmup_steps < 0:
+            raise ConfigError(f"warmup_steps={warmup_steps} must be 0 or more; the paper uses 0")
+        if dice_weight < 0:
+            raise ConfigError(f"dice_weight={dice_weight} must be 0 or more; the paper uses 0.1")
         if pretrained_dir is not None:
             from entitwist.models.enti_twistnet import EntiTwistNet
 
@@ -156,6 +167,7 @@ class EntiTwistModule(LightningModule):
 
             self.model = create_model(model_name, pretrained=pretrained, **(model_overrides or {}))
         self.lr, self.weight_decay, self.power = float(lr), float(weight_decay), float(power)
+        self.warmup_steps, self.dice_weight = int(warmup_steps), float(dice_weight)
         self.val_metrics = torch.nn.ModuleDict(
             {p: ReferringMetrics(protocol=p) for p in PROTOCOL_PREFIX}
         )
@@ -166,6 +178,7 @@ class EntiTwistModule(LightningModule):
         self.val_results: dict[str, dict[str, float]] = {}
         self._rng_to_restore: dict[str, Any] | None = None
         self._warned_no_entities = False
+        self._text_cache: Any = None  # (device, TextFeatureCache) of a frozen text encoder
 
     # ------------------------------------------------------------------ what the data needs
     @property
@@ -194,14 +207,44 @@ class EntiTwistModule(LightningModule):
                 "`entitwist entities ROOT` or turn SEG off (model_overrides: {seg: false})",
                 stacklevel=2,
             )
-        return self.model(batch["image"], batch["input_ids"], batch["attention_mask"], entities)
+        text = self._frozen_text_features(batch["input_ids"], batch["attention_mask"])
+        return self.model(
+            batch["image"],
+            batch["input_ids"],
+            batch["attention_mask"],
+            entities,
+            text_features=text,
+        )
+
+    def _text_is_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.model.text.parameters())
+
+    def _frozen_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A frozen text encoder's features from a per-sentence cache (None when it trains)."""
+        if not self._text_is_frozen():
+            return None
+        from entitwist.models.text import TextFeatureCache
+
+        if self._text_cache is None or self._text_cache[0] != input_ids.device:
+            self._text_cache = (input_ids.device, TextFeatureCache(self.model.text))
+        cache = self._text_cache[1]
+        self.model.text.eval()  # a frozen encoder runs without dropout, cached or not
+        return cache(input_ids, attention_mask)
+
+    def train(self, mode: bool = True) -> EntiTwistModule:
+        super().train(mode)
+        if self._text_is_frozen():
+            self.model.text.eval()
+        return self
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         from entitwist.models.loss import referring_loss
 
         logits = self(batch)  # (B, 2, S, S)
-        loss = referring_loss(logits, batch["mask"])
+        loss = referring_loss(logits, batch["mask"], dice_weight=self.dice_weight)
         self._check_finite(loss, batch)
         bsz = batch["mask"].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bsz)
@@ -242,7 +285,7 @@ class EntiTwistModule(LightningModule):
             raise ConfigError(
                 "the polynomial schedule needs a finite number of steps; set trainer.max_epochs or trainer.max_steps"
             )
-        scheduler = build_poly_scheduler(optimizer, int(total), self.power)
+        scheduler = build_poly_scheduler(optimizer, int(total), self.power, self.warmup_steps)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -86,23 +86,37 @@ def param_groups(
 def build_optimizer(
     model: nn.Module, lr: float = 5e-4, weight_decay: float = 0.01
 ) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (empty groups dropped)."""
+    """AdamW over :func:`param_groups` (empty groups dropped).
+
+    ``foreach=True`` on every device: PyTorch picks the per-tensor loop on the CPU by default,
+    which is twice as slow for the tiny model's 320 small tensors (14 -> 6.5 ms a step).
+    """
     groups = [g for g in param_groups(model, weight_decay) if g["params"]]
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-def poly_factor(step: int, total_steps: int, power: float = 0.9) -> float:
-    """``(1 - step / total_steps) ** power``, clamped to 0 after the last step."""
+def poly_factor(step: int, total_steps: int, power: float = 0.9, warmup_steps: int = 0) -> float:
+    """``(1 - step / total_steps) ** power``, clamped to 0 after the last step.
+
+    With ``warmup_steps`` > 0 the factor first rises linearly, ``(step + 1) / warmup_steps``,
+    and the decay then runs over the remaining ``total_steps - warmup_steps`` steps (the
+    paper's recipe has no warm-up; short from-scratch runs such as the demo need one).
+    """
     if total_steps <= 0:
         return 1.0
-    return max(0.0, 1.0 - step / total_steps) ** power
+    if step >= total_steps:
+        return 0.0
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    return max(0.0, 1.0 - (step - warmup_steps) / span) ** power
 
 
 def build_poly_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9
+    optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR multiplying each group's base lr by :func:`poly_factor`; call ``step()``
     after every optimiser step (Lightning: ``"interval": "step"``)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: poly_factor(step, total_steps, power)
+        optimizer, lambda step: poly_factor(step, total_steps, power, warmup_steps)
     )

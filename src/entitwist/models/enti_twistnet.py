@@ -58,14 +58,18 @@ class EntiTwistNet(nn.Module):
         visual, text, fusions, decoder: optional ready-made parts; built from ``config``
             when omitted.
 
-    ``forward(image, input_ids, attention_mask, entities=None, return_intermediates=False)``:
+    ``forward(image, input_ids, attention_mask, entities=None, return_intermediates=False,
+    text_features=None)``:
 
     - ``image`` (B, 3, H, W) float, ImageNet-normalised, H and W multiples of 32;
     - ``input_ids``, ``attention_mask`` (B, N) integer, N <= ``config.text.max_tokens``
       (longer text is truncated with one warning);
     - ``entities`` (B, H, W) integer label map, 0 = none, 1..K with
       K <= ``config.fusion.max_entities``; ``None`` means "no entities" (G = 0) and is
-      the only input needed when ``config.fusion.seg`` is off.
+      the only input needed when ``config.fusion.seg`` is off;
+    - ``text_features`` optional ``(T^ori, mask)`` as ``self.text(input_ids,
+      attention_mask)`` returns them (a frozen encoder's :class:`TextFeatureCache`), used
+      instead of running the text encoder.
 
     Returns logits (B, 2, H, W); with ``return_intermediates=True`` a dict with ``logits``
     and ``stages``: 4 dicts holding ``f_in``, ``f_out`` (B, d_t, h_t, w_t) and, when DAT is
@@ -125,12 +129,16 @@ class EntiTwistNet(nn.Module):
         attention_mask: Tensor,
         entities: Tensor | None = None,
         return_intermediates: bool = False,
+        text_features: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor | dict[str, Any]:
         input_ids, attention_mask = self._check_inputs(image, input_ids, attention_mask, entities)
         use_entities = self.config.fusion.seg and entities is not None
         num_entities = int(entities.max()) if use_entities and entities.numel() else 0
 
-        t_ori, text_mask = self.text(input_ids, attention_mask)  # (B, N, d_t), (B, N)
+        if text_features is None:
+            t_ori, text_mask = self.text(input_ids, attention_mask)  # (B, N, d_t), (B, N)
+        else:  # precomputed self.text(input_ids, attention_mask), e.g. a frozen encoder's cache
+            t_ori, text_mask = text_features
         x = self.visual.embed(image)  # (B, H/4, W/4, d_0)
         outs: list[Tensor] = []
         stages: list[dict[str, Tensor]] = []

@@ -353,3 +353,64 @@ class TextEncoder(nn.Module):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         t_ori = out.last_hidden_state  # (B, N, d_t)
         return t_ori, attention_mask
+
+
+class TextFeatureCache:
+    """Remembers a frozen text encoder's output per sentence.
+
+    A frozen encoder gives every sentence the same features at every step, and referring
+    datasets repeat their sentences epoch after epoch (the synthetic scenes use a few hundred
+    templates), so the CPU demo computes each sentence once. Keys are the token ids and
+    attention mask of one row; the least recently used rows are dropped beyond
+    ``max_entries``. The encoder must stay in eval mode (no dropout) with no trainable
+    parameters; :meth:`__call__` refuses an encoder with a trainable parameter.
+
+    Args:
+        encoder: a :class:`TextEncoder` (or anything with its ``forward`` contract).
+        max_entries: the most sentences kept (each is N x d_t floats).
+    """
+
+    def __init__(self, encoder: nn.Module, max_entries: int = 8192) -> None:
+        from collections import OrderedDict
+
+        if max_entries < 1:
+            raise ConfigError(f"max_entries={max_entries} must be at least 1")
+        self.encoder = encoder
+        self.max_entries = int(max_entries)
+        self._rows: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encoder(input_ids, attention_mask)``, from the cache where possible."""
+        if any(p.requires_grad for p in self.encoder.parameters()):
+            raise ConfigError(
+                "TextFeatureCache needs a frozen text encoder; set requires_grad=False on its "
+                "parameters or do not use the cache"
+            )
+        keys = [
+            ids.cpu().numpy().tobytes() + mask.cpu().numpy().tobytes()
+            for ids, mask in zip(input_ids, attention_mask)
+        ]
+        missing = [i for i, k in enumerate(keys) if k not in self._rows]
+        if missing:
+            with torch.no_grad():
+                feats, masks = self.encoder(input_ids[missing], attention_mask[missing])
+            for j, i in enumerate(missing):
+                self._rows[keys[i]] = (feats[j], masks[j])
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        rows = []
+        for k in keys:
+            self._rows.move_to_end(k)
+            rows.append(self._rows[k])
+        while len(self._rows) > self.max_entries:
+            self._rows.popitem(last=False)
+        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
