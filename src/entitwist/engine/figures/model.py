@@ -1,0 +1,62 @@
+"""Loading a model for ``entitwist figures`` and running it on one image with intermediates."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from entitwist.errors import CheckpointError, InputError
+
+__all__ = ["describe_model", "run_single"]
+
+
+def _load_model(path: str | os.PathLike) -> Any:
+    from entitwist.engine.evaluate import load_model
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} does not exist; give a save_pretrained folder or a .ckpt file"
+        )
+    return load_model(p)
+
+
+def describe_model(model: Any) -> str:
+    """``baseline (no SEG, no DAT)``, ``SEG only``, ``DAT only`` or ``SEG + DAT (sp_sa)``."""
+    f = model.config.fusion
+    if f.dat == "none":
+        return "SEG only (no DAT)" if f.seg else "baseline (no SEG, no DAT)"
+    return f"SEG + DAT ({f.dat})" if f.seg else f"DAT only ({f.dat})"
+
+
+@torch.no_grad()
+def run_single(
+    model: Any, image: np.ndarray, sentence: str, entities: Any = "auto", device: Any = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run ``model`` on one uint8 (H, W, 3) image and sentence with intermediates.
+
+    Preprocessing is the :class:`~entitwist.inference.Predictor`'s (resize to S,
+    ImageNet normalisation, entity maps ``"auto"`` / None / an (H, W) label map).
+    Returns the resized image (S, S, 3) uint8 and the model's dict (``logits``, ``stages``).
+    """
+    from entitwist.inference.predictor import Predictor
+
+    if not isinstance(sentence, str) or not sentence.strip():
+        raise InputError("the sentence is empty; give a referring sentence with --sentence")
+    predictor = Predictor(model, device=device)
+    x, small = predictor._prepare(image)  # (1, 3, S, S), (S, S, 3)
+    ent = predictor._entities_tensor(image, small, entities)  # (1, S, S) | None
+    tokens = model.tokenizer([sentence])
+    dev = predictor.device
+    out = predictor.model(
+        x.to(dev),
+        tokens["input_ids"].to(dev),
+        tokens["attention_mask"].to(dev),
+        None if ent is None else ent.to(dev),
+        return_intermediates=True,
+    )
+    return small, out
