@@ -132,7 +132,9 @@ def write_examples(folder: str | os.PathLike, n: int = 3, size: int = 256) -> li
     """Write ``n`` synthetic scenes as ``scene_<k>.png`` with ``scene_<k>.txt`` (two sentences).
 
     The scenes and sentences are :func:`generate_scene` / :func:`generate_expressions` with
-    fixed seeds, so the page's examples are the same on every start.
+    fixed seeds, so the page's examples are the same on every start. They are drawn in the
+    style of the demo's scenes (``entitwist.engine.demo.DEFAULTS``: object scale 2.5,
+    density 0.3), which the default model (``make demo``) was trained on.
     """
     import numpy as np
     from PIL import Image
@@ -143,7 +145,7 @@ def write_examples(folder: str | os.PathLike, n: int = 3, size: int = 256) -> li
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in range(n):
-        scene = generate_scene(seed=1000 + k, size=size)
+        scene = generate_scene(seed=1000 + k, size=size, object_scale=2.5, density=0.3)
         refs = generate_expressions(scene, np.random.default_rng(1000 + k), n=2)
         path = folder / f"scene_{k + 1}.png"
         Image.fromarray(scene.image).save(path)
