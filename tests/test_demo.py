@@ -71,6 +71,17 @@ def test_demo_writes_results_table(demo_run: dict) -> None:
     summary = json.loads((out / "demo.json").read_text())
     assert summary["settings"]["model"] == "entitwist_tiny"
     assert summary["train"]["selected_on"] == "val"
+    # the recipe's defaults reach the scenes, the module and the trainer
+    from entitwist.engine.demo import DEFAULTS
+
+    settings = summary["settings"]
+    for key in ("density", "object_scale", "warmup_steps", "dice_weight", "grad_clip", "lr"):
+        assert settings[key] == DEFAULTS[key], key
+    synth = json.loads((out / "scenes" / "synth.json").read_text())
+    assert synth["params"]["density"] == DEFAULTS["density"] == 0.3
+    ckpt = torch.load(out / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    assert hparams["dice_weight"] == 1.0 and hparams["warmup_steps"] == DEFAULTS["warmup_steps"]
 
 
 def test_demo_overlays_and_model_folder(demo_run: dict) -> None:
