@@ -1,0 +1,207 @@
+"""Step 3 of ``entitwist demo``: train the tiny model on the CPU and export the best weights.
+
+:func:`_train_step` fits with one checkpoint per epoch chosen on the validation split,
+resumes an interrupted run from ``<out>/run/checkpoints/last.ckpt`` (also after ``<out>``
+was moved: :func:`_movable_checkpoint_class`), refuses to mix runs of other settings
+(:func:`_run_settings`), and exports the best-on-validation weights as the
+``save_pretrained`` folder ``<out>/model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from entitwist.engine.demo_common import _read_json, _say, _write_json
+from entitwist.errors import ConfigError
+
+
+# ------------------------------------------------------------------------------ step 3: train
+def _run_settings(args: argparse.Namespace, model_name: str, root: Path) -> dict[str, Any]:
+    return {
+        "model": model_name,
+        "data": "<out>/scenes" if args.data is None else str(root),  # so <out> may move
+        "size": args.size,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "dice_weight": args.dice_weight,
+        "grad_clip": args.grad_clip,
+        "seed": args.seed,
+        "train_text": bool(args.train_text),
+        "scenes": None if args.data else args.scenes,
+        "object_scale": None if args.data else args.object_scale,
+        "density": None if args.data else args.density,
+    }
+
+
+def _build_module(args: argparse.Namespace, model_name: str) -> Any:
+    from entitwist.engine.module import EntiTwistModule
+
+    module = EntiTwistModule(
+        model_name=model_name,
+        model_overrides={"img_size": args.size},
+        lr=args.lr,
+        pretrained=True,
+        warmup_steps=args.warmup_steps,
+        dice_weight=args.dice_weight,
+    )
+    pretrained_text = module.model.config.text.pretrained is not None
+    if pretrained_text and not args.train_text:
+        for param in module.model.text.parameters():
+            param.requires_grad_(False)
+    return module
+
+
+def _datamodule(
+    args: argparse.Namespace, module: Any, root: Path, ann: str | None, store: Path
+) -> Any:
+    from entitwist.engine.datamodule import ReferringDataModule
+
+    options = {"annotations": ann} if ann else {}
+    return ReferringDataModule.for_module(
+        module,
+        dataset="jsonl",
+        root=str(root),
+        batch_size=args.batch_size,
+        eval_batch_size=max(16, args.batch_size),
+        num_workers=args.workers,
+        entities=str(store.resolve()),
+        seed=args.seed,
+        dataset_options=options,
+    )
+
+
+def _train_step(
+    args: argparse.Namespace, out: Path, root: Path, ann: str | None, store: Path, model_name: str
+) -> dict[str, Any]:
+    import lightning
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from entitwist.engine.module import ExportBestCallback
+
+    run = out / "run"
+    model_dir = out / "model"
+    settings = _run_settings(args, model_name, root)
+    done_file = run / "done.json"
+    done = _read_json(done_file)
+    if done is not None and (model_dir / "config.json").is_file():
+        if done.get("settings") != settings:
+            raise ConfigError(
+                f"{run} holds a finished run with other settings; rerun with those or pass --fresh"
+            )
+        _say(
+            3,
+            "train",
+            f"done already: best val mIoU {done['best_val_mIoU']:.2f} at epoch {done['epoch']}, "
+            f"model in {model_dir} (skipped)",
+        )
+        return done
+    last = run / "checkpoints" / "last.ckpt"
+    started = _read_json(run / "settings.json")
+    if started is not None and started != settings and last.is_file():
+        raise ConfigError(
+            f"{run} holds an unfinished run with other settings; rerun with those or pass --fresh"
+        )
+    _write_json(run / "settings.json", settings)
+
+    lightning.seed_everything(args.seed, workers=True, verbose=False)
+    module = _build_module(args, model_name)
+    data = _datamodule(args, module, root, ann, store)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in module.parameters())
+    resume = last.is_file()
+    _say(
+        3,
+        "train",
+        f"{'resuming from ' + str(last) if resume else 'training'} {model_name} at {args.size} px "
+        f"on the CPU ({trainable / 1e6:.2f} M of {total / 1e6:.2f} M parameters trained), "
+        f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g}",
+    )
+    ckpt = _movable_checkpoint_class(ModelCheckpoint)(
+        dirpath=run / "checkpoints",
+        monitor="val/mIoU",
+        mode="max",
+        save_last=True,
+        filename="best-epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+    )
+    export = ExportBestCallback(dirpath=str(model_dir))
+    callbacks: list[Any] = [ckpt, export]
+    if not args.quiet:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=args.epochs,
+        max_time=None if args.max_minutes is None else {"minutes": args.max_minutes},
+        deterministic=True,
+        logger=False,
+        default_root_dir=str(run),
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=not args.quiet,
+        log_every_n_steps=10,
+        gradient_clip_val=args.grad_clip or None,
+    )
+    t0, c0 = time.perf_counter(), time.process_time()
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    if export.exported is None:
+        raise ConfigError("training ended without exporting a model; see the messages above")
+    info = export.info
+    result = {
+        "settings": settings,
+        "best_val_mIoU": float(info.get("score") or float("nan")),
+        "epoch": int(info.get("epoch", trainer.current_epoch)),
+        "epochs_run": int(trainer.current_epoch),
+        "global_step": int(trainer.global_step),
+        "selected_on": info.get("selected_on"),
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "cpu_s": round(time.process_time() - c0, 1),
+        "resumed": resume,
+        "stopped_by_max_minutes": int(trainer.current_epoch) < args.epochs,
+    }
+    _write_json(done_file, result)
+    _say(
+        3,
+        "train",
+        f"done in {result['wall_s']:.0f} s wall ({result['cpu_s']:.0f} s CPU); best val mIoU "
+        f"{result['best_val_mIoU']:.2f} at epoch {result['epoch']}; model exported to {model_dir}",
+    )
+    return result
+
+
+def _movable_checkpoint_class(base: type) -> type:
+    """``ModelCheckpoint`` whose restored state follows a moved output folder.
+
+    Lightning restores the best score and paths only when the checkpoint folder is the
+    one recorded in the checkpoint; the demo re-roots the recorded paths into the current
+    folder first, so ``<out>`` can be moved between an interrupted run and its resumption.
+    """
+
+    class MovableCheckpoint(base):  # type: ignore[misc, valid-type]
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            old = state_dict.get("dirpath")
+            if old and self.dirpath and old != self.dirpath:
+
+                def move(path: Any) -> Any:
+                    return str(Path(self.dirpath) / Path(path).name) if path else path
+
+                state_dict = {
+                    **state_dict,
+                    "dirpath": self.dirpath,
+                    "best_model_path": move(state_dict.get("best_model_path")),
+                    "kth_best_model_path": move(state_dict.get("kth_best_model_path")),
+                    "last_model_path": move(state_dict.get("last_model_path")),
+                    "best_k_models": {
+                        move(k): v for k, v in (state_dict.get("best_k_models") or {}).items()
+                    },
+                }
+            super().load_state_dict(state_dict)
+
+    return MovableCheckpoint
