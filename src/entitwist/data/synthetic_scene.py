@@ -6,7 +6,7 @@ an optional river, one or two roads, ponds, buildings with gable or flat roofs a
 shadows, cars and trucks on the roads and in yards, storage tanks with a rim, and trees.
 Every referable object gets an id in the instance map; the list of objects carries its
 category, colour word, bounding box, area and centroid, which is all the expression
-generator (:mod:`entitwist.data.synthetic`) needs besides the road and river masks.
+generator (:mod:`entitwist.data.synthetic_expressions`) needs besides the road and river masks.
 
 Sizes are given for a 512-pixel scene and scale with the image (``s = size / 512``), so a
 car stays about 6% of the image long at any size: at a 128-pixel network input it still
