@@ -69,6 +69,7 @@ def main() -> None:
     from entitwist.engine.datamodule import ReferringDataModule
     from entitwist.engine.module import EntiTwistModule
     from entitwist.engine.optim import build_optimizer, poly_factor
+    from entitwist.metrics import intersection_union
     from entitwist.models.loss import referring_loss
 
     overrides = {"img_size": a.size, **json.loads(a.overrides)}
@@ -103,10 +104,7 @@ def main() -> None:
         with torch.no_grad():
             for i in range(0, len(val["type"]), 32):
                 batch = {k: v[i : i + 32] for k, v in val.items() if k != "type"}
-                pred = module(batch).argmax(1).bool()
-                gt = batch["mask"].bool()
-                inter = (pred & gt).flatten(1).sum(1).float()
-                union = (pred | gt).flatten(1).sum(1).float()
+                inter, union = intersection_union(module(batch).argmax(1), batch["mask"])
                 ious += (inter / union.clamp(min=1)).tolist()
         module.train()
         by: dict[str, list[float]] = {}

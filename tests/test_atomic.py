@@ -43,3 +43,15 @@ def test_atomic_file_gets_umask_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o644
+
+
+def test_remove_entries_deletes_only_the_named_entries(tmp_path):
+    from entitwist.utils import remove_entries
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"x")
+    (tmp_path / "annotations.jsonl").write_text("{}\n")
+    (tmp_path / "mine.txt").write_text("keep me")
+    remove_entries(tmp_path, ["images", "annotations.jsonl", "not_there"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+    assert (tmp_path / "mine.txt").read_text() == "keep me"

@@ -272,10 +272,6 @@ def _css() -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from entitwist.errors import EntitwistError
+    from entitwist.cli import main as cli_main
 
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except EntitwistError as exc:
-        print(f"entitwist: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli_main(["app", *sys.argv[1:]]))

@@ -51,7 +51,7 @@ from entitwist.data.synthetic_expressions import (  # noqa: F401
 )
 from entitwist.data.synthetic_scene import COLOURS, Scene, SceneObject, generate_scene  # noqa: F401
 from entitwist.errors import DataError, InputError
-from entitwist.utils.atomic import atomic_path
+from entitwist.utils.atomic import atomic_path, remove_entries
 
 __all__ = [
     "EXPRESSION_TYPES",
@@ -177,12 +177,7 @@ def _prepare(out: Path, params: dict, overwrite: bool) -> bool:
             raise DataError(
                 f"output folder {out} is not empty; choose an empty folder or pass --overwrite"
             )
-        for name in _OURS:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        remove_entries(out, _OURS)
     (out / _RECORDS).mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)

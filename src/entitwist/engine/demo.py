@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ from entitwist.engine.demo_data import _data_step, _entities_step
 from entitwist.engine.demo_eval import _overlays_step, _test_step, swap_partners
 from entitwist.engine.demo_train import _train_step
 from entitwist.errors import ConfigError, DataError
+from entitwist.utils.atomic import remove_entries
 
 __all__ = ["DEFAULTS", "default_model_name", "main", "swap_partners"]
 
@@ -254,15 +254,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise DataError(f"--out {out} is a file; give a folder")
 
 
-def _fresh(out: Path) -> None:
-    for name in _OURS:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-
-
 # ------------------------------------------------------------------------------ main
 def _setup_threads(threads: int | None) -> int:
     import torch
@@ -288,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     get_config(model_name, pretrained=False)  # unknown name / missing package: one line
     out = Path(args.out)
     if args.fresh and out.is_dir():
-        _fresh(out)
+        remove_entries(out, _OURS)
     out.mkdir(parents=True, exist_ok=True)
     threads = _setup_threads(args.threads)
     import warnings

@@ -211,13 +211,16 @@ def _test_step(
 def _per_type(
     records: list[Any], preds: list[Any], targets: list[Any]
 ) -> dict[str, dict[str, float]]:
+    """mIoU per expression type (LAVT protocol); I and U from the metrics' counter."""
+    from entitwist.metrics import intersection_union
+
     groups: dict[str, list[float]] = {}
     for rec, logits, (mask_s, _) in zip(records, preds, targets):
         kind = rec.extra.get("expression_type") if isinstance(rec.extra, dict) else None
         if kind is None:
             continue
-        p, t = logits.argmax(0).bool(), mask_s.bool()
-        inter, union = int((p & t).sum()), int((p | t).sum())
+        inter, union = intersection_union(logits.argmax(0)[None], mask_s[None])
+        inter, union = int(inter[0]), int(union[0])
         groups.setdefault(str(kind), []).append(1.0 if union == 0 else inter / union)
     return {k: {"mIoU": 100.0 * sum(v) / len(v), "n": len(v)} for k, v in sorted(groups.items())}
 

@@ -109,7 +109,7 @@ def poly_factor(step: int, total_steps: int, power: float = 0.9, warmup_steps: i
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
-    return max(0.0, 1.0 - (step - warmup_steps) / span) ** power
+    return (1.0 - (step - warmup_steps) / span) ** power  # > 0: step < total_steps here
 
 
 def build_poly_scheduler(

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from entitwist.errors import EntitwistError, InputError
+from entitwist.errors import InputError
 from entitwist.utils.cli_parser import OneLineArgumentParser
 
 __all__ = ["main", "build_parser", "OutputPlan", "plan_outputs", "segment_to_files"]
@@ -474,7 +474,7 @@ def segment_to_files(
 
 
 def main(argv: list[str]) -> int:
-    """Run ``entitwist segment``; user errors raise :class:`EntitwistError` (exit 2 via the dispatcher)."""
+    """Run ``entitwist segment``; user errors raise :class:`~entitwist.errors.EntitwistError` (exit 2 via the dispatcher)."""
     from rasterio.errors import NotGeoreferencedWarning
 
     from entitwist.inference.tiling import TilingOptions
@@ -556,8 +556,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except EntitwistError as exc:
-        print(f"entitwist: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    from entitwist.cli import main as cli_main
+
+    sys.exit(cli_main(["segment", *sys.argv[1:]]))

@@ -396,10 +396,8 @@ class TextFeatureCache:
                 "TextFeatureCache needs a frozen text encoder; set requires_grad=False on its "
                 "parameters or do not use the cache"
             )
-        keys = [
-            ids.cpu().numpy().tobytes() + mask.cpu().numpy().tobytes()
-            for ids, mask in zip(input_ids, attention_mask)
-        ]
+        ids_np, mask_np = input_ids.cpu().numpy(), attention_mask.cpu().numpy()  # one copy
+        keys = [ids.tobytes() + mask.tobytes() for ids, mask in zip(ids_np, mask_np)]
         missing = [i for i, k in enumerate(keys) if k not in self._rows]
         if missing:
             with torch.no_grad():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -56,3 +56,17 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes, *, overwrite: boo
     """Write ``data`` to ``target`` atomically (see :func:`atomic_path`)."""
     with atomic_path(target, overwrite=overwrite) as tmp:
         tmp.write_bytes(data)
+
+
+def remove_entries(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Delete ``folder/<name>`` for each name that exists (folders recursively, files
+    unlinked); what is not listed is left alone. Used where a command replaces only its own
+    outputs in a folder the user may share with other files."""
+    import shutil
+
+    for name in names:
+        path = Path(folder) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
