@@ -40,7 +40,7 @@ def random_texture(h: int, w: int, seed: int) -> np.ndarray:
 # --- weight-free ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["felzenszwalb", "slic"])
+@pytest.mark.parametrize("name", ["felzenszwalb", "felzenszwalb-rag", "slic"])
 def test_weight_free_masks_partition_the_image(name: str) -> None:
     image, _ = blocks_image()
     gen = E.get_generator(name)
@@ -62,6 +62,56 @@ def test_felzenszwalb_finds_flat_regions() -> None:
         assert best > 0.9, (q, best)
 
 
+def road_scene(seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A grey road across a textured green field, with three small cars on the road.
+
+    Returns (image (128, 128, 3) uint8, [car masks]). Cars are 10 x 5 px, a colour of
+    their own; the road and the field are large regions with mild texture.
+    """
+    rng = np.random.default_rng(seed)
+    image = np.zeros((128, 128, 3), np.int64)
+    image[:] = (70, 130, 60)
+    image[::2, ::3] += (12, 14, 6)  # field texture
+    image[48:80] = (110, 110, 112)  # road
+    image[63:65, ::6] = (230, 230, 230)  # lane marks
+    cars = []
+    for x0, colour in ((10, (205, 40, 35)), (60, (240, 210, 40)), (100, (30, 60, 190))):
+        car = np.zeros((128, 128), bool)
+        car[55:60, x0 : x0 + 10] = True
+        image[car] = colour
+        cars.append(car)
+    image += rng.integers(-5, 6, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), cars
+
+
+def test_felzenszwalb_rag_keeps_small_objects_whole_and_merges_background() -> None:
+    image, cars = road_scene()
+    fine = E.get_generator("felzenszwalb-rag")
+    labels, n_segments = fine.label_map(image, 40)
+    for car in cars:  # each car is one entity of its own: no road or field in it
+        ids, counts = np.unique(labels[car], return_counts=True)
+        assert ids[np.argmax(counts)] > 0
+        entity = labels == ids[np.argmax(counts)]
+        assert (entity & car).sum() / (entity | car).sum() > 0.8
+    # felzenszwalb with its defaults (tuned for real 512 px scenes) absorbs them into the road
+    plain, _ = E.get_generator("felzenszwalb").label_map(image, 40)
+    for car in cars:
+        ids, counts = np.unique(plain[car], return_counts=True)
+        entity = plain == ids[np.argmax(counts)]
+        assert (entity & car).sum() / (entity | car).sum() < 0.5
+    # the merge is what joins the fine pieces: without it there are many more segments
+    unmerged = E.get_generator("felzenszwalb", **{k: v for k, v in fine.params.items() if k != "merge"})
+    assert len(unmerged(image)) > 2 * n_segments
+    # a larger threshold merges more, never less
+    coarse = E.get_generator("felzenszwalb-rag", merge=80.0)
+    assert len(coarse(image)) <= n_segments
+    assert fine.is_default and not coarse.is_default
+    with pytest.raises(ConfigError, match=r"merge=0.0 .* must be > 0"):
+        E.get_generator("felzenszwalb-rag", merge=0)
+    blank = np.full((32, 32, 3), 90, np.uint8)  # one segment: nothing to merge
+    assert len(fine(blank)) == 1
+
+
 def test_contrast_stretch_keeps_low_contrast_regions_apart() -> None:
     image, ids = blocks_image(128, 128)
     hazy = (110 + (image.astype(int) - 128) // 12).astype(np.uint8)  # contrast / 12
@@ -81,7 +131,7 @@ def test_contrast_stretch_keeps_low_contrast_regions_apart() -> None:
     np.testing.assert_array_equal(E.get_generator()._work_image(hazy), stretched)
 
 
-@pytest.mark.parametrize("name", ["felzenszwalb", "slic"])
+@pytest.mark.parametrize("name", ["felzenszwalb", "felzenszwalb-rag", "slic"])
 @pytest.mark.parametrize("size", [(64, 48), (300, 200), (257, 511)])
 @pytest.mark.parametrize("k", [3, 40])
 def test_fast_label_map_equals_painting(name: str, size: tuple[int, int], k: int) -> None:
@@ -126,7 +176,7 @@ def test_nearest_resize_matches_loop() -> None:
 
 
 def test_generator_options_and_bad_input() -> None:
-    assert E.list_generators() == ["felzenszwalb", "slic", "sam", "hf-sam"]
+    assert E.list_generators() == ["felzenszwalb", "felzenszwalb-rag", "slic", "sam", "hf-sam"]
     assert E.get_generator().name == "felzenszwalb"
     gen = E.get_generator("felzenszwalb", scale=50)
     assert gen.params["scale"] == 50.0 and isinstance(gen.params["scale"], float)

@@ -6,6 +6,9 @@
   downscaled so that its longest side is ``work_size`` (256) and contrast-stretched,
   labels upsampled back with nearest neighbour. A partition of the image: every pixel is
   in exactly one mask.
+- ``felzenszwalb-rag`` (weight-free): a fine felzenszwalb cut whose adjacent segments of
+  similar mean colour are merged again (scikit-image region adjacency graph); keeps small
+  objects whole. The demo's generator.
 - ``slic`` (weight-free): scikit-image SLIC superpixels, same downscale/upsample scheme.
 - ``sam``: Meta's ``segment-anything`` automatic mask generator on the image upsampled to
   ``input_size`` x ``input_size`` (1024, as in the paper); masks resized back with nearest
@@ -222,6 +225,52 @@ class FelzenszwalbGenerator(_PartitionGenerator):
 
         p = self.params
         return felzenszwalb(image, scale=p["scale"], sigma=p["sigma"], min_size=p["min_size"])
+
+
+class FelzenszwalbRagGenerator(FelzenszwalbGenerator):
+    """Felzenszwalb over-segmentation, then a region-adjacency-graph merge, weight-free.
+
+    The image is first cut finely (a small ``scale``, so that a small object with its own
+    colour, a car on a road, is never absorbed by a large neighbour); then adjacent
+    segments whose mean colours in the working image differ by less than ``merge`` (0-255
+    RGB, Euclidean) are merged (scikit-image ``graph.rag_mean_color`` + ``cut_threshold``),
+    so uniform background pieces join again and the K cap keeps the objects. Other
+    parameters as for :class:`FelzenszwalbGenerator`.
+
+    The defaults were chosen on the demo's synthetic scenes (128 px; 80 test images, 640
+    referring expressions): an entity vote (each segment of the K = 40 map set to the
+    ground truth's majority) reaches 94.8 mIoU against the referred masks, against 68.4 for
+    ``felzenszwalb`` with its defaults, which absorbs small vehicles into roads; ~64
+    segments before the K cap, ~70 ms per image (the graph is built in Python). Scripts:
+    ``benchmarks/entity_vote.py``.
+    """
+
+    name = "felzenszwalb-rag"
+    DEFAULTS = {
+        "scale": 30.0,
+        "sigma": 0.5,
+        "min_size": 5,
+        "work_size": 256,
+        "stretch": True,
+        "merge": 40.0,
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.params["merge"] <= 0:
+            raise ConfigError(
+                f"parameter merge={self.params['merge']} of entity generator {self.name!r} must "
+                "be > 0 (a mean-colour distance, 0-255); use --generator felzenszwalb for no merge"
+            )
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        from skimage import graph
+
+        seg = super().segment(image)  # (h, w) fine segments
+        if seg.max() == 0:
+            return seg
+        rag = graph.rag_mean_color(image, seg)  # edges weighted by mean-colour distance
+        return graph.cut_threshold(seg, rag, self.params["merge"], in_place=True)
 
 
 class SlicGenerator(_PartitionGenerator):
@@ -504,6 +553,7 @@ class HfSamGenerator(MaskGenerator):
 
 GENERATORS: dict[str, type[MaskGenerator]] = {
     "felzenszwalb": FelzenszwalbGenerator,
+    "felzenszwalb-rag": FelzenszwalbRagGenerator,
     "slic": SlicGenerator,
     "sam": SamGenerator,
     "hf-sam": HfSamGenerator,
