@@ -18,6 +18,7 @@ def test_defaults_are_the_paper_setting() -> None:
     assert (c.fusion.seg, c.fusion.dat, c.fusion.propagation) == (True, "sp_sa", "mamba")
     assert c.fusion.max_entities == 40
     assert c.fusion.attn_kv_stride == (2, 1, 1, 1)  # dense queries, strided keys at stage 1
+    assert c.visual.position_embedding == "none"  # Swin-B has relative position biases only
 
 
 def test_json_round_trip(tmp_path) -> None:
@@ -57,6 +58,8 @@ def test_replace_reaches_nested_fields_and_copies() -> None:
         ({"attn_heads": (4, 8)}, "attn_heads"),
         ({"attn_heads": (3, 8, 16, 32)}, "divide"),
         ({"img_size": 100}, "multiple of 32"),
+        ({"position_embedding": "rope"}, "position_embedding='rope' is unknown"),
+        ({"position_embedding": "sincos", "embed_dim": 18, "attn_heads": (1, 2, 4, 8)}, "divisible by 4"),
         ({"text__kind": "gpt"}, "text.kind"),
         ({"max_tokens": 1}, "max_tokens"),
         ({"decoder__width": 0}, "decoder"),

@@ -119,3 +119,53 @@ def test_bad_weight_sources_raise_config_errors(tmp_path) -> None:
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     with pytest.raises(ConfigError, match="do not fit"):
         create_swin(VisualConfig(**{**TINY.__dict__, "pretrained": str(path)}))
+
+
+def test_sincos_position_code_follows_its_formula() -> None:
+    from entitwist.models.visual import sincos_position_embedding
+
+    code = sincos_position_embedding(4, 6, 8)  # (H, W, d), d/4 = 2 frequencies: 1, 1/100
+    assert code.shape == (4, 6, 8) and code.dtype == torch.float32
+    y, x = 2, 5
+    cx, cy = x + 0.5, y + 0.5
+    expected = [
+        *[torch.sin(torch.tensor(cx * w)) for w in (1.0, 0.01)],
+        *[torch.cos(torch.tensor(cx * w)) for w in (1.0, 0.01)],
+        *[torch.sin(torch.tensor(cy * w)) for w in (1.0, 0.01)],
+        *[torch.cos(torch.tensor(cy * w)) for w in (1.0, 0.01)],
+    ]
+    torch.testing.assert_close(code[y, x], torch.stack(expected), atol=1e-6, rtol=0)
+    assert len({tuple(v.tolist()) for v in code.reshape(-1, 8)}) == 24  # every cell distinct
+    # on a finer grid, positions are measured in cells of the reference grid
+    fine = sincos_position_embedding(8, 12, 8, reference=(4, 6))
+    torch.testing.assert_close(fine[3, 7, 0], torch.sin(torch.tensor(7.5 / 2)))
+    torch.testing.assert_close(fine[3, 7, 4], torch.sin(torch.tensor(3.5 / 2)))
+    centre = sincos_position_embedding(1, 1, 8, reference=(4, 6))[0, 0]
+    torch.testing.assert_close(centre[0], torch.sin(torch.tensor(3.0)))  # x = 6 / 2
+    torch.testing.assert_close(centre[4], torch.sin(torch.tensor(2.0)))  # y = 4 / 2
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        sincos_position_embedding(4, 4, 6)
+
+
+def test_sincos_option_breaks_translation_equivariance_without_weights() -> None:
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    plain = SwinEncoder(TINY).eval()
+    torch.manual_seed(0)
+    coded = SwinEncoder(replace(TINY, position_embedding="sincos")).eval()
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in coded.parameters())
+    assert coded.state_dict().keys() == plain.state_dict().keys()  # checkpoints stay compatible
+    image = torch.zeros(1, 3, 128, 128)
+    image[:, :, 40:56, 8:24] = 1.0  # a bright square on the left...
+    mirrored = image.flip(-1)  # ...and on the right
+    with torch.no_grad():
+        e_plain, m_plain = plain.embed(image), plain.embed(mirrored)
+        e_coded, m_coded = coded.embed(image), coded.embed(mirrored)
+        # without the code, the patch embedding of the mirrored image is the mirror image
+        torch.testing.assert_close(m_plain, e_plain.flip(2))
+        assert not torch.allclose(m_coded, e_coded.flip(2), atol=1e-3)
+        torch.testing.assert_close(e_coded - e_plain, coded.position_code(32, 32, image.device, image.dtype)[None].expand_as(e_coded))
+        # any multiple of 32 still runs, and the code is cached per grid
+        assert coded(torch.rand(1, 3, 96, 160))[0].shape == (1, 16, 24, 40)
+        assert (24, 40, torch.device("cpu"), torch.float32) in coded._codes

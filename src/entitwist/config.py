@@ -21,6 +21,7 @@ DAT_ORDERS = ("sp_sa", "sa_sp", "parallel", "sp", "sa", "none")
 PROPAGATIONS = ("mamba", "self_attention", "none")
 SPATIALS = ("attention", "mamba")
 TEXT_KINDS = ("bert", "clip")
+POSITION_EMBEDDINGS = ("none", "sincos")
 
 
 @dataclass
@@ -36,6 +37,12 @@ class VisualConfig:
             ``.bin``; loaded through timm's ``pretrained_cfg_overlay=dict(file=...)``), or
             ``"hub"`` to let timm fetch ``name``'s default weights.
         drop_path_rate: stochastic depth.
+        position_embedding: ``"none"`` (the paper: Swin-B has only relative position
+            biases) or ``"sincos"``: a fixed 2-D sine-cosine code of each patch's position
+            added after the patch embedding (no weights; see
+            :func:`entitwist.models.visual.sincos_position_embedding`). A Swin trained from
+            scratch, like the tiny demo models, is otherwise translation-equivariant and
+            cannot tell "left" from "right"; pretrained Swin-B learnt such cues.
     """
 
     name: str = "swin_base_patch4_window12_384"
@@ -46,6 +53,7 @@ class VisualConfig:
     window_size: int = 12
     pretrained: str | None = None
     drop_path_rate: float = 0.3
+    position_embedding: str = "none"
 
     @property
     def stage_dims(self) -> tuple[int, ...]:
@@ -98,6 +106,11 @@ class FusionConfig:
             14,400 x 14,400 attention four-fold and brings the CPU time of the full model
             relative to the baseline under the paper's 1.46 (benchmarks/results/table4.md);
             set (1, 1, 1, 1) for attention over every position at every stage.
+        entity_generator, entity_params: the entity generator (a name of
+            ``entitwist.entities.list_generators()``) and its parameters whose maps the
+            network was trained with; recorded in checkpoints so that the predictor, the
+            ``segment`` command and the app compute the same kind of maps for
+            ``entities="auto"``. ``None``: not recorded (they fall back to ``felzenszwalb``).
     """
 
     seg: bool = True
@@ -110,6 +123,8 @@ class FusionConfig:
     d_state: int = 16
     attn_heads: tuple[int, ...] = (4, 8, 16, 32)
     attn_kv_stride: tuple[int, ...] = (2, 1, 1, 1)
+    entity_generator: str | None = None
+    entity_params: dict[str, Any] | None = None
 
 
 @dataclass
@@ -163,6 +178,17 @@ class ModelConfig:
             raise ConfigError(
                 f"fusion.max_entities={f.max_entities} is out of range; label maps are uint8, use 0..255"
             )
+        if f.entity_generator is not None and (
+            not isinstance(f.entity_generator, str) or not f.entity_generator
+        ):
+            raise ConfigError(
+                f"fusion.entity_generator={f.entity_generator!r} must be a generator name or None"
+            )
+        if f.entity_params is not None and not isinstance(f.entity_params, dict):
+            raise ConfigError(
+                f"fusion.entity_params must be a dict of generator parameters, got "
+                f"{type(f.entity_params).__name__}"
+            )
         if f.scan_size < 1:
             raise ConfigError(f"fusion.scan_size={f.scan_size} must be a positive integer")
         n_stages = len(self.visual.depths)
@@ -184,6 +210,16 @@ class ModelConfig:
         if self.text.max_tokens < 2:
             raise ConfigError(
                 f"text.max_tokens={self.text.max_tokens} must be at least 2 ([CLS] and [SEP])"
+            )
+        if self.visual.position_embedding not in POSITION_EMBEDDINGS:
+            raise ConfigError(
+                f"visual.position_embedding={self.visual.position_embedding!r} is unknown; use "
+                f"one of {', '.join(POSITION_EMBEDDINGS)}"
+            )
+        if self.visual.position_embedding == "sincos" and self.visual.embed_dim % 4:
+            raise ConfigError(
+                f"visual.position_embedding='sincos' needs visual.embed_dim divisible by 4, got "
+                f"{self.visual.embed_dim}"
             )
         if self.visual.img_size % 32:
             raise ConfigError(f"visual.img_size={self.visual.img_size} must be a multiple of 32")

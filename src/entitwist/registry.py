@@ -107,6 +107,7 @@ def _swin_tiny() -> VisualConfig:
         window_size=4,
         pretrained=None,
         drop_path_rate=0.0,
+        position_embedding="sincos",  # trained from scratch: no other absolute position cue
     )
 
 
