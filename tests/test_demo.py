@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from entitwist.cli import main as cli_main
-from entitwist.engine.demo import default_model_name, swap_partners
+from entitwist.engine.demo import GENERATOR, default_model_name, swap_partners
 from entitwist.metrics import metric_names
 
 TINY = ["--scenes", "6", "--size", "64", "--epochs", "1", "--model", "entitwist_tiny"]
@@ -102,6 +102,18 @@ def test_demo_overlays_and_model_folder(demo_run: dict) -> None:
     assert float(pred.probability.min()) >= 0.0 and float(pred.probability.max()) <= 1.0
     info = json.loads((out / "model" / "training.json").read_text())
     assert info["selected_on"] == "val" and info["monitor"] == "val/mIoU"
+    # the model records the generator of its training maps; the predictor uses it
+    config = json.loads((out / "model" / "config.json").read_text())
+    manifest = json.loads((out / "scenes" / "entities" / GENERATOR / "manifest.json").read_text())
+    assert config["fusion"]["entity_generator"] == GENERATOR == "felzenszwalb-rag"
+    assert config["fusion"]["entity_params"] == manifest["params"]
+    gen = predictor.get_entity_generator()
+    assert gen.name == GENERATOR and gen.params == manifest["params"]
+    other = Predictor.from_pretrained(out / "model", entity_generator="slic")
+    assert other.get_entity_generator().name == "slic"
+    tuned = Predictor.from_pretrained(out / "model", entity_params={"merge": 60.0})
+    assert tuned.get_entity_generator().params == {**manifest["params"], "merge": 60.0}
+    assert config["visual"]["position_embedding"] == "sincos"
 
 
 def test_demo_rerun_skips_finished_steps(demo_run: dict, capsys: pytest.CaptureFixture) -> None:
@@ -126,6 +138,24 @@ def test_demo_rerun_skips_finished_steps(demo_run: dict, capsys: pytest.CaptureF
     assert cli_main(["demo", "--out", str(out), *TINY, "--lr", "0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--fresh" in err[0]
+    # a finished run made with other entity maps or another model config is not reused
+    from entitwist.engine.demo_train import _run_settings
+
+    args = type("A", (), {})()
+    for key, value in (
+        ("data", None), ("size", 64), ("epochs", 1), ("batch_size", 8), ("lr", 3e-3),
+        ("warmup_steps", 100), ("dice_weight", 1.0), ("grad_clip", 1.0), ("seed", 0),
+        ("train_text", False), ("scenes", 6), ("object_scale", 2.5), ("density", 0.3),
+    ):  # fmt: skip
+        setattr(args, key, value)
+    store = out / "scenes" / "entities" / GENERATOR
+    mine = _run_settings(args, "entitwist_tiny", out / "scenes", store)
+    assert mine["entities"] == GENERATOR
+    assert _run_settings(args, "entitwist_tiny", out / "scenes", store.parent / "slic") != mine
+    args.size = 96
+    assert _run_settings(args, "entitwist_tiny", out / "scenes", store)["model_config"] != (
+        mine["model_config"]
+    )
 
 
 def test_demo_resumes_an_interrupted_training(demo_run: dict, tmp_path: Path, capsys) -> None:
@@ -182,7 +212,7 @@ def test_demo_on_a_read_only_jsonl_folder(demo_run: dict, tmp_path: Path, capsys
     text = capsys.readouterr().out
     assert "held out for validation" in text
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before  # nothing written there
-    assert (out / "entities" / "felzenszwalb" / "manifest.json").is_file()
+    assert (out / "entities" / GENERATOR / "manifest.json").is_file()
     held = [json.loads(x) for x in (out / "annotations.jsonl").read_text().splitlines()]
     splits = {x["split"] for x in held}
     assert splits == {"train", "val", "test"}

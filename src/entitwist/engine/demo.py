@@ -13,7 +13,8 @@ Steps (each shows progress; a rerun skips the finished ones, ``--fresh`` redoes 
    folder given with ``--data`` (read in place, never copied; when it has no validation
    split, a seeded tenth of its training *images* is held out as validation, written to
    ``<out>/annotations.jsonl`` beside, not into, the dataset);
-2. **entities**: weight-free entity label maps (felzenszwalb) for every image, in the
+2. **entities**: weight-free entity label maps (``felzenszwalb-rag``, which keeps small
+   vehicles whole; recorded in the model's config for ``segment`` and the app) for every image, in the
    dataset's own store, or under ``--entities-out`` (default ``<out>/entities`` with
    ``--data``, since a shared dataset folder may be read-only);
 3. **train** the tiny model on the CPU (``entitwist_tiny_minilm``, the real pretrained

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from entitwist.engine.demo_common import _read_json, _say
 from entitwist.errors import ConfigError, DataError
 
-GENERATOR = "felzenszwalb"
+GENERATOR = "felzenszwalb-rag"
 
 
 # ------------------------------------------------------------------------------ step 1: data
@@ -139,7 +140,8 @@ def _entities_step(args: argparse.Namespace, out: Path, root: Path) -> Path:
             _say(2, "entities", f"done already: {len(keys)} maps in {store_dir} (skipped)")
             return store_dir
     _say(2, "entities", f"weight-free {GENERATOR} label maps for {len(keys)} images -> {store_dir}")
-    argv = [str(root), "--dataset", "jsonl", "--generator", GENERATOR]
+    workers = max(1, min(2, os.cpu_count() or 1))  # the graph merge is Python: use both cores
+    argv = [str(root), "--dataset", "jsonl", "--generator", GENERATOR, "--workers", str(workers)]
     if store_root is not None:
         argv += ["--out", store_root]
     if args.quiet:

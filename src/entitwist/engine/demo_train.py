@@ -19,9 +19,20 @@ from entitwist.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------ step 3: train
-def _run_settings(args: argparse.Namespace, model_name: str, root: Path) -> dict[str, Any]:
+def _run_settings(
+    args: argparse.Namespace, model_name: str, root: Path, store: Path | None = None
+) -> dict[str, Any]:
+    """What a finished or interrupted run must share with this one to be reused.
+
+    Besides the options: the entity store (its folder name is the generator and its
+    parameters) and a digest of the model's full configuration, so a run made by another
+    version of the code (another generator, another tiny-model default) is never taken
+    for this one.
+    """
     return {
         "model": model_name,
+        "model_config": _model_config_digest(args, model_name, store),
+        "entities": None if store is None else store.name,
         "data": "<out>/scenes" if args.data is None else str(root),  # so <out> may move
         "size": args.size,
         "epochs": args.epochs,
@@ -38,12 +49,35 @@ def _run_settings(args: argparse.Namespace, model_name: str, root: Path) -> dict
     }
 
 
-def _build_module(args: argparse.Namespace, model_name: str) -> Any:
+def _model_overrides(args: argparse.Namespace, store: Path | None) -> dict[str, Any]:
+    """The demo's changes to the registered model: input size, and the entity generator
+    that made the training maps, recorded so that ``entitwist segment`` and the app use the
+    same one for ``--entities auto``."""
+    overrides: dict[str, Any] = {"img_size": args.size}
+    manifest = None if store is None else _read_json(store / "manifest.json")
+    if manifest is not None:
+        overrides["fusion__entity_generator"] = manifest.get("generator")
+        overrides["fusion__entity_params"] = manifest.get("params") or {}
+    return overrides
+
+
+def _model_config_digest(args: argparse.Namespace, model_name: str, store: Path | None) -> str:
+    import hashlib
+    import json
+
+    from entitwist.registry import get_config
+
+    config = get_config(model_name, pretrained=False, **_model_overrides(args, store))
+    blob = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _build_module(args: argparse.Namespace, model_name: str, store: Path | None = None) -> Any:
     from entitwist.engine.module import EntiTwistModule
 
     module = EntiTwistModule(
         model_name=model_name,
-        model_overrides={"img_size": args.size},
+        model_overrides=_model_overrides(args, store),
         lr=args.lr,
         pretrained=True,
         warmup_steps=args.warmup_steps,
@@ -85,7 +119,7 @@ def _train_step(
 
     run = out / "run"
     model_dir = out / "model"
-    settings = _run_settings(args, model_name, root)
+    settings = _run_settings(args, model_name, root, store)
     done_file = run / "done.json"
     done = _read_json(done_file)
     if done is not None and (model_dir / "config.json").is_file():
@@ -109,7 +143,7 @@ def _train_step(
     _write_json(run / "settings.json", settings)
 
     lightning.seed_everything(args.seed, workers=True, verbose=False)
-    module = _build_module(args, model_name)
+    module = _build_module(args, model_name, store)
     data = _datamodule(args, module, root, ann, store)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     total = sum(p.numel() for p in module.parameters())

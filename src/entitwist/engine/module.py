@@ -400,7 +400,21 @@ class EntiTwistModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get(_RNG_KEY)
 
+    def _record_entity_source(self) -> None:
+        """Write the training maps' generator into the model config (when not set), so that
+        exported models tell the predictor which entities to compute for new images."""
+        fusion = self.model.config.fusion
+        if fusion.entity_generator is not None or not fusion.seg or self._trainer is None:
+            return
+        manifest = _entity_manifest(self.trainer.train_dataloader)
+        if manifest and manifest.get("generator"):
+            self.model.config = self.model.config.replace(
+                fusion__entity_generator=str(manifest["generator"]),
+                fusion__entity_params=dict(manifest.get("params") or {}),
+            )
+
     def on_train_start(self) -> None:
+        self._record_entity_source()
         # Restore the random streams of the interrupted run once everything else is set up.
         states, self._rng_to_restore = self._rng_to_restore, None
         if not states:
@@ -411,6 +425,13 @@ class EntiTwistModule(LightningModule):
         random.setstate(_tuples(states["python"]))
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def _entity_manifest(loader: Any) -> dict[str, Any] | None:
+    """The manifest of the entity store a training loader's dataset reads, if any."""
+    reader = getattr(getattr(loader, "dataset", None), "_entities", None)
+    manifest = getattr(getattr(reader, "_store", None), "manifest", None)
+    return manifest if isinstance(manifest, dict) else None
 
 
 def _plain(value: Any) -> Any:

@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (computed for the image, default), none, or a label-map file of the image's size",
     )
     p.add_argument(
-        "--entity-generator", default="felzenszwalb", help="generator for --entities auto"
+        "--entity-generator",
+        default=None,
+        help="generator for --entities auto (default: the one the model was trained with, "
+        "as its config records, else felzenszwalb)",
     )
     p.add_argument("--sam-checkpoint", help="segment-anything checkpoint: SAM entities")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")

@@ -163,7 +163,10 @@ class Predictor:
         model: the network (already holding its weights).
         device: ``None``/``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         entity_generator: the generator used for ``entities="auto"`` (``felzenszwalb``,
-            ``slic``, ``sam``, ...); see ``entitwist.entities.get_generator``.
+            ``felzenszwalb-rag``, ``slic``, ``sam``, ...; see
+            ``entitwist.entities.get_generator``). ``None`` (default): the one the model
+            was trained with when its config records it (``fusion.entity_generator``, with
+            its parameters), else ``felzenszwalb``.
         sam_checkpoint: a segment-anything checkpoint; implies ``entity_generator="sam"``.
         entity_params: extra keyword arguments for the generator.
         batch_size: sentences per forward pass.
@@ -174,7 +177,7 @@ class Predictor:
         model: torch.nn.Module,
         *,
         device: str | torch.device | None = None,
-        entity_generator: str = "felzenszwalb",
+        entity_generator: str | None = None,
         sam_checkpoint: str | os.PathLike | None = None,
         entity_params: dict[str, Any] | None = None,
         batch_size: int = 8,
@@ -182,6 +185,12 @@ class Predictor:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.entity_params = dict(entity_params or {})
+        fusion = getattr(getattr(model, "config", None), "fusion", None)
+        recorded = getattr(fusion, "entity_generator", None)
+        if entity_generator is None or entity_generator == recorded:
+            entity_generator = recorded or "felzenszwalb"
+            if recorded:  # the training maps' parameters, unless the caller overrides them
+                self.entity_params = {**(fusion.entity_params or {}), **self.entity_params}
         if sam_checkpoint is not None:
             if not Path(sam_checkpoint).is_file():
                 raise InputError(
