@@ -194,6 +194,12 @@ def test_checkpoint_round_trip_export_best_and_schedule(scenes, tmp_path):
         assert torch.equal(v, best_state[k]), k
     info = json.loads((tmp_path / "export" / "training.json").read_text())
     assert info["selected_on"] == "val" and info["checkpoint"] == ckpt.best_model_path
+    # the generator of the training maps is recorded in the checkpoint and the export
+    manifest = json.loads((scenes / "entities" / "felzenszwalb" / "manifest.json").read_text())
+    assert module.model.config.fusion.entity_generator == "felzenszwalb"
+    assert data_ckpt["entitwist_model_config"]["fusion"]["entity_generator"] == "felzenszwalb"
+    assert exported.config.fusion.entity_generator == "felzenszwalb"
+    assert exported.config.fusion.entity_params == manifest["params"]
     assert info["score"] == pytest.approx(float(ckpt.best_model_score))
 
 
