@@ -282,3 +282,30 @@ def test_default_model_prefers_minilm() -> None:
         assert default_model_name() == "entitwist_tiny"
     else:
         assert default_model_name() == "entitwist_tiny_minilm"
+
+
+def test_per_type_scores_combine_to_the_overall_miou() -> None:
+    """An empty target with an empty prediction scores 0, as in ReferringMetrics."""
+    from types import SimpleNamespace
+
+    from entitwist.engine.demo_eval import _per_type
+    from entitwist.metrics import ReferringMetrics
+
+    def logits(mask: torch.Tensor) -> torch.Tensor:  # (2, H, W) whose argmax is mask
+        return torch.stack([(~mask).float(), mask.float()])
+
+    full = torch.ones(4, 4, dtype=torch.bool)
+    half = torch.zeros(4, 4, dtype=torch.bool)
+    half[:2] = True
+    empty = torch.zeros(4, 4, dtype=torch.bool)
+    cases = [("a", full, full), ("a", half, full), ("b", empty, empty), ("b", full, half)]
+    records = [SimpleNamespace(extra={"expression_type": t}) for t, _, _ in cases]
+    preds = [logits(p) for _, p, _ in cases]
+    targets = [(t, t) for _, _, t in cases]
+    per = _per_type(records, preds, targets)
+    assert per == {"a": {"mIoU": 75.0, "n": 2}, "b": {"mIoU": 25.0, "n": 2}}
+    metric = ReferringMetrics()
+    metric.update(torch.stack([p for _, p, _ in cases]), torch.stack([t for _, _, t in cases]))
+    overall = float(metric.compute()["mIoU"])
+    combined = sum(v["mIoU"] * v["n"] for v in per.values()) / sum(v["n"] for v in per.values())
+    assert overall == pytest.approx(combined) == pytest.approx(50.0)

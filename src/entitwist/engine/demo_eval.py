@@ -211,7 +211,9 @@ def _test_step(
 def _per_type(
     records: list[Any], preds: list[Any], targets: list[Any]
 ) -> dict[str, dict[str, float]]:
-    """mIoU per expression type (LAVT protocol); I and U from the metrics' counter."""
+    """mIoU per expression type (LAVT protocol); I and U from the metrics' counter, and
+    the same rule as :class:`~entitwist.metrics.ReferringMetrics` (IoU = 0 when U = 0), so
+    that the per-type averages weighted by their counts give the overall mIoU."""
     from entitwist.metrics import intersection_union
 
     groups: dict[str, list[float]] = {}
@@ -221,7 +223,7 @@ def _per_type(
             continue
         inter, union = intersection_union(logits.argmax(0)[None], mask_s[None])
         inter, union = int(inter[0]), int(union[0])
-        groups.setdefault(str(kind), []).append(1.0 if union == 0 else inter / union)
+        groups.setdefault(str(kind), []).append(inter / union if union else 0.0)
     return {k: {"mIoU": 100.0 * sum(v) / len(v), "n": len(v)} for k, v in sorted(groups.items())}
 
 
