@@ -250,6 +250,23 @@ def test_entity_store_chosen_by_k(tmp_path):
     with pytest.raises(DataError, match="none has K=20"):
         select_entity_store(tmp_path, "auto", 20)
     assert select_entity_store(tmp_path, None, 20) is None
+    # two stores of the same K: the model's recorded generator decides, else an error
+    for tag, gen in (("felzenszwalb", "felzenszwalb"), ("felzenszwalb-rag", "felzenszwalb-rag")):
+        (base / tag).mkdir(parents=True)
+        (base / tag / "manifest.json").write_text(
+            json.dumps({"max_entities": 40, "generator": gen})
+        )
+    assert select_entity_store(tmp_path, "auto", 40, "felzenszwalb-rag") == "felzenszwalb-rag"
+    assert select_entity_store(tmp_path, "auto", 40, "felzenszwalb") == "felzenszwalb"
+    with pytest.raises(DataError, match="more than one has K=40"):
+        select_entity_store(tmp_path, "auto", 40)
+    with pytest.raises(DataError, match="more than one has K=40"):
+        select_entity_store(tmp_path, "auto", 40, "slic")
+    module = EntiTwistModule(
+        "entitwist_tiny", {**FAST, "fusion__entity_generator": "felzenszwalb-rag"}
+    )
+    data = ReferringDataModule.for_module(module, dataset="jsonl", root=str(tmp_path))
+    assert data.entity_generator == "felzenszwalb-rag"
 
 
 @pytest.mark.parametrize("total,warmup", [(20, 5), (12, 1), (8, 8)])

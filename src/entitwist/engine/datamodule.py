@@ -93,12 +93,16 @@ class ShardSampler(DistributedSampler):
         return len(range(self.rank, self.length, self.num_replicas))
 
 
-def select_entity_store(root: Path, entities: str | None, max_entities: int) -> str | None:
+def select_entity_store(
+    root: Path, entities: str | None, max_entities: int, generator: str | None = None
+) -> str | None:
     """Resolve ``entities="auto"`` against K when a root holds several entity stores.
 
     ``"auto"`` with one store (or none) is left to the dataset loader. With several, the one
     whose ``manifest.json`` says ``max_entities == K`` is chosen (the K sweep of Fig. 6 keeps
-    one store per K side by side); no match or several matches is a one-line error.
+    one store per K side by side); among several of K, the one made by ``generator`` (the
+    model's recorded entity generator) when exactly one is; otherwise no match or several
+    matches is a one-line error.
     """
     if entities != "auto":
         return entities
@@ -110,16 +114,20 @@ def select_entity_store(root: Path, entities: str | None, max_entities: int) -> 
         if manifest.parent.name.startswith("."):
             continue
         try:
-            k = int(json.loads(manifest.read_text()).get("max_entities", -1))
-        except (OSError, ValueError, TypeError):
-            k = -1
-        stores.append((manifest.parent.name, k))
+            info = json.loads(manifest.read_text())
+            k, made_by = int(info.get("max_entities", -1)), info.get("generator")
+        except (OSError, ValueError, TypeError, AttributeError):
+            k, made_by = -1, None
+        stores.append((manifest.parent.name, k, made_by))
     if len(stores) <= 1:
         return entities
-    matching = [tag for tag, k in stores if k == max_entities]
+    matching = [tag for tag, k, _ in stores if k == max_entities]
     if len(matching) == 1:
         return matching[0]
-    listed = ", ".join(f"{tag} (K={k})" for tag, k in stores)
+    preferred = [tag for tag, k, g in stores if k == max_entities and generator and g == generator]
+    if len(preferred) == 1:
+        return preferred[0]
+    listed = ", ".join(f"{tag} (K={k})" for tag, k, _ in stores)
     raise DataError(
         f"{base} holds several entity stores ({listed}) and "
         f"{'none' if not matching else 'more than one'} has K={max_entities}; "
@@ -142,6 +150,9 @@ class ReferringDataModule(LightningDataModule):
         entities: ``"auto"`` (the root's entity store; with several, the one of K), a tag,
             a folder, or ``None`` for no entity maps.
         max_entities: K (linked from the model); a stored map with a label above K is an error.
+        entity_generator: with ``entities="auto"`` and several stores of K, take the one this
+            generator made (:meth:`for_module` passes the model's recorded
+            ``fusion.entity_generator``).
         seed: seeds the shuffling and the one-expression-per-ref draw.
         tokenizer: the model's tokenizer (``module.model.tokenizer``; linked by the CLI).
         dataset_options: extra keyword options of the dataset loader (e.g. ``mask_threshold``).
@@ -162,6 +173,7 @@ class ReferringDataModule(LightningDataModule):
         num_workers: int = 0,
         entities: str | None = "auto",
         max_entities: int = 40,
+        entity_generator: str | None = None,
         seed: int = 0,
         tokenizer: Any = None,
         dataset_options: dict[str, Any] | None = None,
@@ -186,6 +198,7 @@ class ReferringDataModule(LightningDataModule):
         self.num_workers = int(num_workers)
         self.entities = entities
         self.max_entities = int(max_entities)
+        self.entity_generator = entity_generator
         self.seed = int(seed)
         self.tokenizer = tokenizer
         self.dataset_options = dict(dataset_options or {})
@@ -198,6 +211,7 @@ class ReferringDataModule(LightningDataModule):
         config = module.model.config
         kwargs.setdefault("img_size", config.visual.img_size)
         kwargs.setdefault("max_entities", config.fusion.max_entities)
+        kwargs.setdefault("entity_generator", config.fusion.entity_generator)
         return cls(tokenizer=module.model.tokenizer, **kwargs)
 
     # ------------------------------------------------------------------ datasets
@@ -212,7 +226,9 @@ class ReferringDataModule(LightningDataModule):
                 "ReferringDataModule has no tokenizer; build it with "
                 "ReferringDataModule.for_module(module, ...) or pass tokenizer=model.tokenizer"
             )
-        entities = select_entity_store(self.root, self.entities, self.max_entities)
+        entities = select_entity_store(
+            self.root, self.entities, self.max_entities, self.entity_generator
+        )
         return load_dataset(
             self.dataset_name,
             self.root,

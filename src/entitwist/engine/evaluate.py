@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(ckpt)
     config = model.config
     entities = None if str(args.entities).lower() == "none" else args.entities
-    entities = select_entity_store(Path(args.root), entities, config.fusion.max_entities)
+    entities = select_entity_store(
+        Path(args.root), entities, config.fusion.max_entities, config.fusion.entity_generator
+    )
     dataset = load_dataset(
         args.dataset,
         args.root,

@@ -141,7 +141,7 @@ def _dataset(args: argparse.Namespace, model: Any) -> Any:
     check_data_args(dataset=args.dataset, root=args.root)
     k = model.config.fusion.max_entities
     ent = None if str(args.data_entities).lower() == "none" else args.data_entities
-    ent = select_entity_store(Path(args.root), ent, k)
+    ent = select_entity_store(Path(args.root), ent, k, model.config.fusion.entity_generator)
     return load_dataset(
         args.dataset,
         args.root,
