@@ -161,6 +161,9 @@ class EntiTwistCLI(LightningCLI):
         parser.link_arguments("model.tokenizer", "data.tokenizer", apply_on="instantiate")
         parser.link_arguments("model.img_size", "data.img_size", apply_on="instantiate")
         parser.link_arguments("model.max_entities", "data.max_entities", apply_on="instantiate")
+        parser.link_arguments(
+            "model.entity_generator", "data.entity_generator", apply_on="instantiate"
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)

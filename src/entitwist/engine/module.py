@@ -196,6 +196,11 @@ class EntiTwistModule(LightningModule):
         """K, the most entities per image."""
         return int(self.model.config.fusion.max_entities)
 
+    @property
+    def entity_generator(self) -> str | None:
+        """The generator recorded as the source of the model's entity maps, or None."""
+        return self.model.config.fusion.entity_generator
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Logits (B, 2, S, S) of a collated batch (keys of ``ReferringTransform``)."""
