@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from entitwist.data.jsonl import _resolve
 from entitwist.entities import get_generator
 from entitwist.entities.cli import _parse_param
 
@@ -63,13 +64,14 @@ def main() -> None:
     segments: list[int] = []
     cpu = 0.0
     for name in images:
-        image = np.asarray(Image.open(root / name).convert("RGB"))
+        image = np.asarray(Image.open(_resolve(root, name, "images")).convert("RGB"))
         t0 = time.process_time()
         labels, n = gen.label_map(image, a.max_entities)
         cpu += time.process_time() - t0
         segments.append(n)
         for r in by_image[name]:
-            ious.append(vote_iou(labels, np.asarray(Image.open(root / r["mask"])) > 0))
+            target = np.asarray(Image.open(_resolve(root, r["mask"], "masks")).convert("L")) > 0
+            ious.append(vote_iou(labels, target))
     seg = np.asarray(segments)
     print(
         f"{gen.name} {json.dumps(gen.params)}: entity-vote mIoU {100 * np.mean(ious):.1f} over "

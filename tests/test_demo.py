@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from entitwist.cli import main as cli_main
-from entitwist.engine.demo import GENERATOR, default_model_name, swap_partners
+from entitwist.engine.demo import DATA_GENERATOR, GENERATOR, default_model_name, swap_partners
 from entitwist.metrics import metric_names
 
 TINY = ["--scenes", "6", "--size", "64", "--epochs", "1", "--model", "entitwist_tiny"]
@@ -212,7 +212,8 @@ def test_demo_on_a_read_only_jsonl_folder(demo_run: dict, tmp_path: Path, capsys
     text = capsys.readouterr().out
     assert "held out for validation" in text
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before  # nothing written there
-    assert (out / "entities" / GENERATOR / "manifest.json").is_file()
+    assert (out / "entities" / DATA_GENERATOR / "manifest.json").is_file()
+    assert DATA_GENERATOR == "felzenszwalb"  # tuned on real aerial crops
     held = [json.loads(x) for x in (out / "annotations.jsonl").read_text().splitlines()]
     splits = {x["split"] for x in held}
     assert splits == {"train", "val", "test"}

@@ -14,7 +14,8 @@ Steps (each shows progress; a rerun skips the finished ones, ``--fresh`` redoes 
    split, a seeded tenth of its training *images* is held out as validation, written to
    ``<out>/annotations.jsonl`` beside, not into, the dataset);
 2. **entities**: weight-free entity label maps (``felzenszwalb-rag``, which keeps small
-   vehicles whole; recorded in the model's config for ``segment`` and the app) for every image, in the
+   vehicles whole, for the synthetic scenes; ``felzenszwalb`` for ``--data``; recorded in
+   the model's config for ``segment`` and the app) for every image, in the
    dataset's own store, or under ``--entities-out`` (default ``<out>/entities`` with
    ``--data``, since a shared dataset folder may be read-only);
 3. **train** the tiny model on the CPU (``entitwist_tiny_minilm``, the real pretrained
@@ -50,6 +51,7 @@ from typing import Any
 
 from entitwist.engine.demo_common import STEPS as STEPS
 from entitwist.engine.demo_common import _write_json
+from entitwist.engine.demo_data import DATA_GENERATOR as DATA_GENERATOR
 from entitwist.engine.demo_data import GENERATOR as GENERATOR
 from entitwist.engine.demo_data import _data_step, _entities_step
 from entitwist.engine.demo_eval import _overlays_step, _test_step, swap_partners
