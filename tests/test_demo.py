@@ -153,8 +153,9 @@ def test_demo_rerun_skips_finished_steps(demo_run: dict, capsys: pytest.CaptureF
     assert mine["entities"] == GENERATOR
     assert _run_settings(args, "entitwist_tiny", out / "scenes", store.parent / "slic") != mine
     args.size = 96
-    assert _run_settings(args, "entitwist_tiny", out / "scenes", store)["model_config"] != (
-        mine["model_config"]
+    assert (
+        _run_settings(args, "entitwist_tiny", out / "scenes", store)["model_config"]
+        != (mine["model_config"])
     )
 
 

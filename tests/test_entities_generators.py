@@ -100,7 +100,9 @@ def test_felzenszwalb_rag_keeps_small_objects_whole_and_merges_background() -> N
         entity = plain == ids[np.argmax(counts)]
         assert (entity & car).sum() / (entity | car).sum() < 0.5
     # the merge is what joins the fine pieces: without it there are many more segments
-    unmerged = E.get_generator("felzenszwalb", **{k: v for k, v in fine.params.items() if k != "merge"})
+    unmerged = E.get_generator(
+        "felzenszwalb", **{k: v for k, v in fine.params.items() if k != "merge"}
+    )
     assert len(unmerged(image)) > 2 * n_segments
     # a larger threshold merges more, never less
     coarse = E.get_generator("felzenszwalb-rag", merge=80.0)

@@ -165,7 +165,10 @@ def test_sincos_option_breaks_translation_equivariance_without_weights() -> None
         # without the code, the patch embedding of the mirrored image is the mirror image
         torch.testing.assert_close(m_plain, e_plain.flip(2))
         assert not torch.allclose(m_coded, e_coded.flip(2), atol=1e-3)
-        torch.testing.assert_close(e_coded - e_plain, coded.position_code(32, 32, image.device, image.dtype)[None].expand_as(e_coded))
+        torch.testing.assert_close(
+            e_coded - e_plain,
+            coded.position_code(32, 32, image.device, image.dtype)[None].expand_as(e_coded),
+        )
         # any multiple of 32 still runs, and the code is cached per grid
         assert coded(torch.rand(1, 3, 96, 160))[0].shape == (1, 16, 24, 40)
         assert (24, 40, torch.device("cpu"), torch.float32) in coded._codes
