@@ -434,8 +434,12 @@ class EntiTwistModule(LightningModule):
 
 def _entity_manifest(loader: Any) -> dict[str, Any] | None:
     """The manifest of the entity store a training loader's dataset reads, if any."""
-    reader = getattr(getattr(loader, "dataset", None), "_entities", None)
-    manifest = getattr(getattr(reader, "_store", None), "manifest", None)
+    folder = getattr(getattr(loader, "dataset", None), "entity_dir", None)
+    if folder is None:
+        return None
+    from entitwist.entities.store import EntityStore
+
+    manifest = EntityStore(folder).manifest
     return manifest if isinstance(manifest, dict) else None
 
 
