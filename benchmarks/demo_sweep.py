@@ -48,6 +48,13 @@ def _args() -> argparse.Namespace:
     p.add_argument("--overfit", type=int, default=0, help="train and score on the first N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="run")
+    p.add_argument(
+        "--entity-loss-weight",
+        type=float,
+        default=None,
+        help="weight of the entity head's selection loss (default: EntiTwistModule's)",
+    )
+    p.add_argument("--save", help="write the trained model here (save_pretrained)")
     return p.parse_args()
 
 
@@ -70,10 +77,11 @@ def main() -> None:
     from entitwist.engine.module import EntiTwistModule
     from entitwist.engine.optim import build_optimizer, poly_factor
     from entitwist.metrics import intersection_union
-    from entitwist.models.loss import referring_loss
+    from entitwist.models.loss import entity_selection_loss, referring_loss
 
     overrides = {"img_size": a.size, **json.loads(a.overrides)}
-    module = EntiTwistModule(model_name=a.model, model_overrides=overrides, lr=a.lr)
+    extra = {} if a.entity_loss_weight is None else {"entity_loss_weight": a.entity_loss_weight}
+    module = EntiTwistModule(model_name=a.model, model_overrides=overrides, lr=a.lr, **extra)
     model = module.model
     if model.config.text.pretrained is not None:  # as the demo: a pretrained encoder is frozen
         for q in model.text.parameters():
@@ -126,7 +134,13 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = a.lr * poly_factor(step, a.steps, 0.9, a.warmup_steps)
         batch = {k: v[idx] for k, v in train.items() if k != "type"}
-        loss = referring_loss(module(batch), batch["mask"].long(), dice_weight=a.dice_weight)
+        head = model.entity_head is not None and module.entity_loss_weight > 0
+        logits, scores = module(batch, return_entity_scores=True) if head else (module(batch), None)
+        loss = referring_loss(logits, batch["mask"].long(), dice_weight=a.dice_weight)
+        if scores is not None:
+            loss = loss + module.entity_loss_weight * entity_selection_loss(
+                scores, batch["entities"], batch["mask"]
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if a.grad_clip:
@@ -139,6 +153,8 @@ def main() -> None:
             print(f"[{a.tag}] step {step + 1} {time.perf_counter() - t0:.0f} s "
                   f"loss {sum(recent) / len(recent):.3f} val mIoU {miou:.2f} {per}",
                   flush=True)  # fmt: skip
+    if a.save:
+        model.save_pretrained(a.save)
 
 
 if __name__ == "__main__":

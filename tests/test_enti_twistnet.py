@@ -98,9 +98,15 @@ def test_entities_change_the_logits_only_when_seg_is_on(model: EntiTwistNet) -> 
     assert (with_e - without).abs().max() > 1e-4
     torch.testing.assert_close(without, zero_e)  # None means "no entities": G = 0
     torch.manual_seed(0)
-    off = create_model("entitwist_tiny", seg=False).eval()
+    off = create_model("entitwist_tiny", seg=False, decoder__entity_head_layers=0).eval()
     with torch.no_grad():
         torch.testing.assert_close(off(image, ids, mask, ent), off(image, ids, mask, None))
+    # the entity head (an extension, on in the tiny models) reads the entities even without SEG
+    torch.manual_seed(0)
+    head_only = create_model("entitwist_tiny", seg=False).eval()
+    with torch.no_grad():
+        diff = head_only(image, ids, mask, ent) - head_only(image, ids, mask, None)
+    assert diff.abs().max() > 1e-4
 
 
 ABLATIONS = [

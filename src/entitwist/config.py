@@ -139,12 +139,19 @@ class DecoderConfig:
         head_width: channels of the 3x3 conv-BN-ReLU layers of the head N at 1/4 resolution.
         head_layers: how many such 3x3 layers N stacks before its 1x1 classifier.
         expansion: hidden width of the M blocks as a multiple of ``width``.
+        entity_head_layers: transformer layers of the entity selection head
+            (:mod:`entitwist.models.entity_head`, an extension beyond the paper that scores
+            whole entities against the sentence); 0 = off, the paper.
+        entity_head_dim, entity_head_heads: width and attention heads of that head.
     """
 
     width: int = 384
     head_width: int = 512
     head_layers: int = 2
     expansion: int = 1
+    entity_head_layers: int = 0
+    entity_head_dim: int = 64
+    entity_head_heads: int = 4
 
 
 @dataclass
@@ -227,6 +234,17 @@ class ModelConfig:
         if d.width < 1 or d.head_width < 1 or d.head_layers < 1 or d.expansion < 1:
             raise ConfigError(
                 "decoder width, head_width, head_layers and expansion must be positive integers"
+            )
+        if d.entity_head_layers < 0:
+            raise ConfigError(
+                f"decoder.entity_head_layers={d.entity_head_layers} must be 0 (off) or more"
+            )
+        if d.entity_head_layers and (
+            d.entity_head_dim < 1 or d.entity_head_heads < 1 or d.entity_head_dim % d.entity_head_heads
+        ):
+            raise ConfigError(
+                f"decoder.entity_head_heads={d.entity_head_heads} must be positive and divide "
+                f"decoder.entity_head_dim={d.entity_head_dim}"
             )
         if self.num_classes != 2:
             raise ConfigError("num_classes must be 2 (background, referred object)")

@@ -34,7 +34,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from entitwist.errors import CheckpointError, ConfigError, EntitwistError
 from entitwist.metrics import ReferringMetrics, upsample_to_original
-from entitwist.models.loss import DICE_WEIGHT
+from entitwist.models.loss import DICE_WEIGHT, ENTITY_LOSS_WEIGHT
 
 __all__ = [
     "CONFIG_KEY",
@@ -136,6 +136,10 @@ class EntiTwistModule(LightningModule):
             paper; the CPU demo, which trains from scratch for a few thousand steps, uses 100).
         dice_weight: weight of the per-sample Dice term of the loss (0.1 in the paper; the
             demo uses 1.0, which leaves the all-background start far sooner).
+        entity_loss_weight: weight of
+            :func:`~entitwist.models.loss.entity_selection_loss` on the entity head's scores
+            (only for models with ``decoder.entity_head_layers > 0``, which the paper's
+            configs are not; 0 trains the head through the pixel loss alone).
     """
 
     def __init__(
@@ -149,6 +153,7 @@ class EntiTwistModule(LightningModule):
         pretrained_dir: str | None = None,
         warmup_steps: int = 0,
         dice_weight: float = DICE_WEIGHT,
+        entity_loss_weight: float = ENTITY_LOSS_WEIGHT,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -158,6 +163,10 @@ class EntiTwistModule(LightningModule):
             raise ConfigError(f"warmup_steps={warmup_steps} must be 0 or more; the paper uses 0")
         if dice_weight < 0:
             raise ConfigError(f"dice_weight={dice_weight} must be 0 or more; the paper uses 0.1")
+        if entity_loss_weight < 0:
+            raise ConfigError(
+                f"entity_loss_weight={entity_loss_weight} must be 0 or more (0 = pixel loss only)"
+            )
         if pretrained_dir is not None:
             from entitwist.models.enti_twistnet import EntiTwistNet
 
@@ -168,6 +177,7 @@ class EntiTwistModule(LightningModule):
             self.model = create_model(model_name, pretrained=pretrained, **(model_overrides or {}))
         self.lr, self.weight_decay, self.power = float(lr), float(weight_decay), float(power)
         self.warmup_steps, self.dice_weight = int(warmup_steps), float(dice_weight)
+        self.entity_loss_weight = float(entity_loss_weight)
         self.val_metrics = torch.nn.ModuleDict(
             {p: ReferringMetrics(protocol=p) for p in PROTOCOL_PREFIX}
         )
@@ -202,8 +212,10 @@ class EntiTwistModule(LightningModule):
         return self.model.config.fusion.entity_generator
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Logits (B, 2, S, S) of a collated batch (keys of ``ReferringTransform``)."""
+    def forward(self, batch: dict[str, Any], return_entity_scores: bool = False) -> Any:
+        """Logits (B, 2, S, S) of a collated batch (keys of ``ReferringTransform``); with
+        ``return_entity_scores``, ``(logits, scores)``, the entity head's (B, K) scores or
+        None."""
         entities = batch.get("entities")
         if entities is None and self.model.config.fusion.seg and not self._warned_no_entities:
             self._warned_no_entities = True
@@ -213,13 +225,15 @@ class EntiTwistModule(LightningModule):
                 stacklevel=2,
             )
         text = self._frozen_text_features(batch["input_ids"], batch["attention_mask"])
-        return self.model(
+        out = self.model(
             batch["image"],
             batch["input_ids"],
             batch["attention_mask"],
             entities,
             text_features=text,
+            return_intermediates=return_entity_scores,
         )
+        return (out["logits"], out["entity_scores"]) if return_entity_scores else out
 
     def _text_is_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.model.text.parameters())
@@ -246,12 +260,17 @@ class EntiTwistModule(LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        from entitwist.models.loss import referring_loss
+        from entitwist.models.loss import entity_selection_loss, referring_loss
 
-        logits = self(batch)  # (B, 2, S, S)
+        head = self.model.entity_head is not None and self.entity_loss_weight > 0
+        logits, scores = self(batch, return_entity_scores=True) if head else (self(batch), None)
         loss = referring_loss(logits, batch["mask"], dice_weight=self.dice_weight)
-        self._check_finite(loss, batch)
         bsz = batch["mask"].shape[0]
+        if scores is not None:
+            entity_loss = entity_selection_loss(scores, batch["entities"], batch["mask"])
+            self.log("train/entity_loss", entity_loss, on_step=True, on_epoch=True, batch_size=bsz)
+            loss = loss + self.entity_loss_weight * entity_loss
+        self._check_finite(loss, batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bsz)
         self.log(
             "train/lr",

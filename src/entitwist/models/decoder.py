@@ -76,9 +76,10 @@ class Decoder(nn.Module):
         config: widths.
         num_classes: 2.
 
-    ``forward(features, out_size=None)``: ``features`` are the F^out of the stages,
-    shallowest first, (B, d_t, H/2^(t+2), W/2^(t+2)); returns logits (B, 2, H/4, W/4), or at
-    ``out_size`` (bilinear) when given.
+    ``forward(features, out_size=None, return_features=False)``: ``features`` are the F^out
+    of the stages, shallowest first, (B, d_t, H/2^(t+2), W/2^(t+2)); returns logits
+    (B, 2, H/4, W/4), or at ``out_size`` (bilinear) when given; with ``return_features``
+    also the head's input, (B, :attr:`feature_dim`, H/4, W/4) (what the entity head pools).
     """
 
     def __init__(
@@ -92,20 +93,25 @@ class Decoder(nn.Module):
         for dim in dims[1:-1]:
             blocks.append(DecoderBlock(w + dim, w, config.expansion))
         self.blocks = nn.ModuleList(blocks)  # M_0 .. M_{n-2}
+        self.feature_dim = w + dims[-1]
         self.head = SegmentationHead(
             w + dims[-1], config.head_width, config.head_layers, num_classes
         )
 
     def forward(
-        self, features: Sequence[Tensor], out_size: tuple[int, int] | None = None
-    ) -> Tensor:
+        self,
+        features: Sequence[Tensor],
+        out_size: tuple[int, int] | None = None,
+        return_features: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         feats = list(features)[::-1]  # deepest first
         x = self.blocks[0](feats[0])  # eq. 11, before R
         for block, skip in zip(self.blocks[1:], feats[1:-1]):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)  # R
             x = block(torch.cat([x, skip], dim=1))  # eq. 12-13
         x = F.interpolate(x, size=feats[-1].shape[-2:], mode="bilinear", align_corners=False)  # R
-        logits = self.head(torch.cat([x, feats[-1]], dim=1))  # eq. 14, (B, 2, H/4, W/4)
+        x = torch.cat([x, feats[-1]], dim=1)  # (B, feature_dim, H/4, W/4)
+        logits = self.head(x)  # eq. 14, (B, 2, H/4, W/4)
         if out_size is not None:
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
-        return logits
+        return (logits, x) if return_features else logits

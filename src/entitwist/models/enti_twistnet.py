@@ -12,7 +12,9 @@ Data flow (DESIGN.md section 2, early fusion)::
         M_t     = entity_area_maps(entities, K, size_t)             # (B, K, h_t, w_t)
         F^out_t = fusion_t(F^in_t, T^ori, mask, M_t)                # SEG -> cube -> DAT
         x       = F^in_t + F^out_t                                  # residual into stage t+1
-    logits = decoder([F^out_0..3], out_size=(H, W))                 # (B, 2, H, W)
+    logits = decoder([F^out_0..3])                                  # (B, 2, H/4, W/4)
+    logits[:, 1] += entity_head(...)   # only with decoder.entity_head_layers > 0 (extension)
+    logits = upsample x4                                            # (B, 2, H, W)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from entitwist.config import ModelConfig
@@ -71,9 +74,15 @@ class EntiTwistNet(nn.Module):
       attention_mask)`` returns them (a frozen encoder's :class:`TextFeatureCache`), used
       instead of running the text encoder.
 
-    Returns logits (B, 2, H, W); with ``return_intermediates=True`` a dict with ``logits``
-    and ``stages``: 4 dicts holding ``f_in``, ``f_out`` (B, d_t, h_t, w_t) and, when DAT is
-    on, ``cube`` and ``sem`` (B, 2 d_t, h_t, w_t).
+    Returns logits (B, 2, H, W); with ``return_intermediates=True`` a dict with ``logits``,
+    ``stages``: 4 dicts holding ``f_in``, ``f_out`` (B, d_t, h_t, w_t) and, when DAT is
+    on, ``cube`` and ``sem`` (B, 2 d_t, h_t, w_t); and ``entity_scores`` (B, K), the entity
+    head's scores (``None`` without the head or without entities).
+
+    With ``config.decoder.entity_head_layers > 0`` (an extension, off in the paper's
+    configs; :mod:`entitwist.models.entity_head`) the entities also get one score each,
+    added to the foreground logit over their cells before the x4 upsampling. Without an
+    entity map the head is skipped.
     """
 
     def __init__(
@@ -105,6 +114,23 @@ class EntiTwistNet(nn.Module):
             if decoder is not None
             else Decoder(config.visual.stage_dims, config.decoder, config.num_classes)
         )
+        self.entity_head: nn.Module | None = None
+        if config.decoder.entity_head_layers > 0:
+            from entitwist.models.entity_head import EntityHead
+
+            d = config.decoder
+            if not hasattr(self.decoder, "feature_dim"):
+                raise ConfigError(
+                    "decoder.entity_head_layers > 0 needs a decoder with return_features and "
+                    "feature_dim (entitwist.models.decoder.Decoder); set it to 0 for this decoder"
+                )
+            self.entity_head = EntityHead(
+                self.decoder.feature_dim,
+                self.text.hidden_size,
+                d.entity_head_dim,
+                d.entity_head_layers,
+                d.entity_head_heads,
+            )
         self._tokenizer: Tokenizer | None = None
         self._tokenizer_config = config.text
 
@@ -132,8 +158,9 @@ class EntiTwistNet(nn.Module):
         text_features: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor | dict[str, Any]:
         input_ids, attention_mask = self._check_inputs(image, input_ids, attention_mask, entities)
-        use_entities = self.config.fusion.seg and entities is not None
-        num_entities = int(entities.max()) if use_entities and entities.numel() else 0
+        have_entities = entities is not None and entities.numel() > 0
+        use_entities = self.config.fusion.seg and have_entities
+        num_entities = int(entities.max()) if have_entities else 0
 
         if text_features is None:
             t_ori, text_mask = self.text(input_ids, attention_mask)  # (B, N, d_t), (B, N)
@@ -157,9 +184,26 @@ class EntiTwistNet(nn.Module):
                 stages.append({"f_in": f_in, "f_out": f_out, **extras})
             if t + 1 < len(self.fusions):
                 x = nchw_to_nhwc(f_in + f_out)  # stage t+1 gets F^in_t + F^out_t
-        logits = self.decoder(outs, out_size=tuple(image.shape[-2:]))  # (B, 2, H, W)
+        scores = None
+        if self.entity_head is None:
+            logits = self.decoder(outs, out_size=tuple(image.shape[-2:]))  # (B, 2, H, W)
+        else:
+            logits, feats = self.decoder(outs, return_features=True)  # (B, 2, H/4, W/4)
+            if have_entities:
+                from entitwist.models.entity_head import entity_logit_map
+                from entitwist.models.seg import entity_area_maps
+
+                area = entity_area_maps(entities, num_entities, tuple(feats.shape[-2:]))
+                area = area.to(feats.dtype)  # (B, K, H/4, W/4)
+                fg = logits.softmax(dim=1)[:, 1]  # the pixel decoder's evidence, (B, H/4, W/4)
+                scores = self.entity_head(feats, area, t_ori, text_mask, fg)  # (B, K)
+                bias = entity_logit_map(scores, area)  # (B, H/4, W/4)
+                logits = logits + torch.stack([torch.zeros_like(bias), bias], dim=1)
+            logits = F.interpolate(
+                logits, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False
+            )
         if return_intermediates:
-            return {"logits": logits, "stages": stages}
+            return {"logits": logits, "stages": stages, "entity_scores": scores}
         return logits
 
     def _check_inputs(

@@ -61,3 +61,51 @@ def referring_loss(
     ce = F.cross_entropy(logits, target, weight=weight)
     probability = logits.softmax(dim=1)[:, 1]  # (B, H, W)
     return ce + dice_weight * dice_loss(probability, target)
+
+
+#: Default weight of :func:`entity_selection_loss` when the model has an entity head
+#: (``benchmarks/results/demo.md``: 1 and 3 against 0 on the demo scenes).
+ENTITY_LOSS_WEIGHT = 3.0
+
+
+def entity_selection_targets(entities: Tensor, target: Tensor, num_entities: int) -> tuple[Tensor, Tensor]:
+    """Which entities lie mostly inside the referred mask.
+
+    Args:
+        entities: (B, H, W) integer label map, 0 = no entity, 1..K.
+        target: (B, H, W) 0/1 referred mask at the label map's size.
+        num_entities: K (the width of the scores the targets are for).
+
+    Returns:
+        ``(chosen, present)``, both (B, K) bool: more than half of entity k's pixels are in
+        the target; entity k has pixels at all.
+    """
+    if entities.shape != target.shape:
+        raise InputError(
+            f"entity map {tuple(entities.shape)} and mask {tuple(target.shape)} differ in size; "
+            "give both at the network input size"
+        )
+    b = entities.shape[0]
+    labels = entities.long().flatten(1)  # (B, HW)
+    index = labels + (num_entities + 1) * torch.arange(b, device=labels.device)[:, None]
+    size = b * (num_entities + 1)
+    area = torch.bincount(index.flatten(), minlength=size).view(b, -1)[:, 1:]
+    inside = torch.bincount(index.flatten(), weights=target.flatten(1).flatten().float(), minlength=size)
+    inside = inside.view(b, -1)[:, 1:]
+    return inside * 2 > area, area > 0
+
+
+def entity_selection_loss(scores: Tensor, entities: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy of the entity head's scores against :func:`entity_selection_targets`.
+
+    Args:
+        scores: (B, K) logits of :class:`~entitwist.models.entity_head.EntityHead`.
+        entities: (B, H, W) label map the scores were computed from.
+        target: (B, H, W) 0/1 referred mask.
+
+    Returns:
+        scalar: the mean over present entities (0 when there are none).
+    """
+    chosen, present = entity_selection_targets(entities, target, scores.shape[1])
+    loss = F.binary_cross_entropy_with_logits(scores, chosen.to(scores.dtype), reduction="none")
+    return (loss * present).sum() / present.sum().clamp_min(1)
