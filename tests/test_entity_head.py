@@ -240,6 +240,7 @@ def test_model_logits_are_decoder_logits_plus_the_entity_map() -> None:
     am = torch.ones(2, 8, dtype=torch.long)
     ents = torch.randint(0, 6, (2, 64, 64))
     with torch.no_grad():
+        model.entity_head.mix.fill_(-float("inf"))  # alpha = 0: no full-resolution refinement
         out = model(image, ids, am, ents, return_intermediates=True)
         scores = out["entity_scores"]
         assert scores.shape == (2, 5) and (scores != 0).all()
@@ -257,6 +258,41 @@ def test_model_logits_are_decoder_logits_plus_the_entity_map() -> None:
         # no entity map: the head is skipped
         none = model(image, ids, am, None, return_intermediates=True)
         assert none["entity_scores"] is None
+
+
+def test_refine_logits_matches_a_loop_and_its_limits() -> None:
+    torch.manual_seed(0)
+    head = EntityHead(4, 4, dim=8, layers=1, heads=2)
+    labels = torch.randint(0, 4, (2, 6, 6))
+    labels[1] = labels[1].clamp(max=2)
+    logits = torch.randn(2, 2, 6, 6)
+    with torch.no_grad():
+        head.mix.fill_(0.3)
+        got = head.refine_logits(logits, labels)
+    alpha = torch.sigmoid(torch.tensor(0.3))
+    d = logits[:, 1] - logits[:, 0]
+    for b in range(2):
+        for y in range(6):
+            for x in range(6):
+                k = labels[b, y, x]
+                want = d[b, y, x]
+                if k > 0:
+                    mean = d[b][labels[b] == k].mean()
+                    want = want + alpha * (mean - want)
+                assert got[b, 1, y, x] - got[b, 0, y, x] == pytest.approx(want.item(), abs=1e-5)
+    assert torch.equal(got[:, 0], logits[:, 0])
+    with torch.no_grad():
+        head.mix.fill_(50.0)  # alpha = 1: every entity is in or out as a whole
+        snapped = head.refine_logits(logits, labels)
+    margin = snapped[:, 1] - snapped[:, 0]
+    for k in range(1, 4):
+        vals = margin[0][labels[0] == k]
+        assert torch.allclose(vals, vals[0].expand_as(vals), atol=1e-5)
+    assert torch.allclose(margin[labels == 0], d[labels == 0])  # no entity: unchanged
+    # differentiable in the logits and in mix
+    logits.requires_grad_(True)
+    head.refine_logits(logits, labels)[:, 1].sum().backward()
+    assert logits.grad is not None and head.mix.grad is not None
 
 
 def test_entity_head_config_errors() -> None:

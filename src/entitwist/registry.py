@@ -115,7 +115,7 @@ def _tiny_decoder() -> DecoderConfig:
     # the entity selection head (an extension beyond the paper): a network trained from
     # scratch otherwise keeps every object of the referred class (benchmarks/results/demo.md)
     return DecoderConfig(
-        width=16, head_width=16, head_layers=1, entity_head_layers=2, entity_head_dim=64
+        width=16, head_width=16, head_layers=1, entity_head_layers=4, entity_head_dim=64
     )
 
 

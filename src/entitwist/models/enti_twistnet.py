@@ -15,6 +15,7 @@ Data flow (DESIGN.md section 2, early fusion)::
     logits = decoder([F^out_0..3])                                  # (B, 2, H/4, W/4)
     logits[:, 1] += entity_head(...)   # only with decoder.entity_head_layers > 0 (extension)
     logits = upsample x4                                            # (B, 2, H, W)
+    logits = entity_head.refine_logits(logits, entities)            # (extension, as above)
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ class EntiTwistNet(nn.Module):
 
     With ``config.decoder.entity_head_layers > 0`` (an extension, off in the paper's
     configs; :mod:`entitwist.models.entity_head`) the entities also get one score each,
-    added to the foreground logit over their cells before the x4 upsampling. Without an
-    entity map the head is skipped.
+    added to the foreground logit over their cells before the x4 upsampling, and after it
+    each pixel's logit margin is pulled towards its entity's mean by a learnt share. Without
+    an entity map the head is skipped.
     """
 
     def __init__(
@@ -202,6 +204,8 @@ class EntiTwistNet(nn.Module):
             logits = F.interpolate(
                 logits, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False
             )
+            if scores is not None:  # entity-consistent margins at full resolution
+                logits = self.entity_head.refine_logits(logits, entities)
         if return_intermediates:
             return {"logits": logits, "stages": stages, "entity_scores": scores}
         return logits

@@ -15,7 +15,10 @@ the level of the entity priors:
    pre-norm): self-attention among the present entities, so they can be compared, then
    cross-attention to the words;
 4. a linear score ``s_k``. The foreground logit at cell (h, w) gains
-   ``sum_k M[k, h, w] s_k`` (reverse MAP, eq. 4), before the x4 upsampling.
+   ``sum_k M[k, h, w] s_k`` (reverse MAP, eq. 4), before the x4 upsampling;
+5. after the upsampling, :meth:`EntityHead.refine_logits` pulls each pixel's logit margin
+   towards the mean of its entity by a learnt share, so the entity maps' boundaries replace
+   the blurred x4 ones where the maps fit (training lowers the share where they do not).
 
 Absent entities (zero area) and images without entities get score 0 and change nothing;
 no NaN arises for K = 0, K = 1 or an image whose entities all vanish. Trained with the
@@ -194,6 +197,8 @@ class EntityHead(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.score = nn.Linear(dim, 1)
+        # alpha = sigmoid(mix) of refine_logits, learnt (starts at 0.5)
+        self.mix = nn.Parameter(torch.zeros(()))
 
     def forward(
         self,
@@ -233,3 +238,29 @@ class EntityHead(nn.Module):
             )
         scores = self.score(self.norm(tokens)).squeeze(-1)  # (B, K)
         return scores * present
+
+    def refine_logits(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Pull each pixel's logit margin towards its entity's mean, at full resolution.
+
+        With ``d = logits[:, 1] - logits[:, 0]`` and ``mean_k(d)`` its mean over entity k's
+        pixels, a pixel of entity k gets ``d + alpha (mean_k(d) - d)``, with the learnt
+        ``alpha = sigmoid(mix)`` in (0, 1); pixels of no entity keep ``d``. A soft,
+        trainable form of "an entity is in or out as a whole": the entity maps' own
+        boundaries replace the x4-upsampled ones where the maps fit the objects, and training
+        lowers alpha where they do not.
+
+        Args:
+            logits: (B, 2, H, W) at the label map's size.
+            labels: (B, H, W) entity label map, 0 = none.
+        """
+        b = logits.shape[0]
+        d = logits[:, 1] - logits[:, 0]  # (B, H, W)
+        lab = labels.long()
+        k = int(lab.max()) + 1 if lab.numel() else 1
+        index = (lab + k * torch.arange(b, device=lab.device)[:, None, None]).flatten()
+        sums = d.new_zeros(b * k).index_add(0, index, d.flatten())
+        counts = torch.bincount(index, minlength=b * k).to(d.dtype).clamp_min(1)
+        pooled = (sums / counts)[index].view_as(d)
+        alpha = torch.sigmoid(self.mix).to(d.dtype) * (lab > 0).to(d.dtype)
+        refined = d + alpha * (pooled - d)
+        return torch.stack([logits[:, 0], logits[:, 0] + refined], dim=1)
