@@ -12,7 +12,6 @@ from entitwist.models.entity_head import (
     POSITION_SOFTNESS,
     EntityHead,
     comparison_features,
-    entity_adjacency,
     entity_geometry,
     entity_logit_map,
     fragment_groups,
@@ -41,32 +40,6 @@ def test_geometry_of_a_rectangle_is_exact() -> None:
     assert geo[0, 2, 4:].tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
 
 
-def test_entity_adjacency_matches_a_loop() -> None:
-    g = torch.Generator().manual_seed(5)
-    labels = torch.randint(0, 5, (2, 9, 7), generator=g)
-    got = entity_adjacency(labels, 5)
-    for b in range(2):
-        want = torch.zeros(5, 5, dtype=torch.bool)
-        for y in range(9):
-            for x in range(7):
-                for dy, dx in ((0, 1), (1, 0)):
-                    if y + dy < 9 and x + dx < 7:
-                        p, q = int(labels[b, y, x]), int(labels[b, y + dy, x + dx])
-                        if p and q and p != q:
-                            want[p - 1, q - 1] = want[q - 1, p - 1] = True
-        assert torch.equal(got[b], want)
-
-
-def _object_geometry(
-    groups: torch.Tensor, geo: torch.Tensor, a: list[float], i: int
-) -> tuple[float, float, float]:
-    """Entity i's object: area-weighted centroid of its group and log of the group's area."""
-    area = sum(groups[i, j].item() * a[j] for j in range(len(a)))
-    cy = sum(groups[i, j].item() * a[j] * geo[j, 0].item() for j in range(len(a))) / area
-    cx = sum(groups[i, j].item() * a[j] * geo[j, 1].item() for j in range(len(a))) / area
-    return cy, cx, float(torch.log(torch.tensor(area + 1e-4)))
-
-
 def test_comparison_features_match_a_loop() -> None:
     g = torch.Generator().manual_seed(3)
     labels = torch.randint(0, 6, (2, 32, 32), generator=g)
@@ -80,17 +53,23 @@ def test_comparison_features_match_a_loop() -> None:
     for b in range(2):
         a = [geo[b, j, 2].item() ** 2 if present[b, j] else 0.0 for j in range(5)]
 
+        def obj(i: int) -> tuple[float, float, float]:
+            area = sum(groups[b, i, j].item() * a[j] for j in range(5))
+            cy = sum(groups[b, i, j].item() * a[j] * geo[b, j, 0].item() for j in range(5)) / area
+            cx = sum(groups[b, i, j].item() * a[j] * geo[b, j, 1].item() for j in range(5)) / area
+            return cy, cx, float(torch.log(torch.tensor(area + 1e-4)))
+
         for i in range(5):
             if not present[b, i]:
                 assert (got[b, i] == 0).all()
                 continue
-            cy, cx, la = _object_geometry(groups[b], geo[b], a, i)
+            cy, cx, la = obj(i)
             sums = torch.zeros(7)
             for j in range(5):
                 if j == i or not present[b, j]:
                     continue
                 o = rel[b, j] * (1 - groups[b, i, j])
-                oy, ox, ola = _object_geometry(groups[b], geo[b], a, j)
+                oy, ox, ola = obj(j)
                 sums += o * torch.stack([
                     torch.tensor(1.0),
                     sig(torch.tensor((cx - ox) / POSITION_SOFTNESS)),
@@ -111,11 +90,9 @@ def test_fragment_groups_link_touching_relevant_pieces() -> None:
     labels[0, 2:6, 6:8] = 3
     labels[0, 2:6, 8:10] = 4  # touches piece 3 but is not relevant (the road)
     labels[0, 12:14, 12:14] = 5  # a second car, apart
-    present = entity_area_maps(labels, 6, (16, 16)).flatten(2).sum(-1) > 0  # label 6 absent
+    area = entity_area_maps(labels, 6, (16, 16))  # label 6 absent
     rel = torch.tensor([[1.0, 0.9, 0.8, 0.0, 1.0, 1.0]])
-    touch = entity_adjacency(labels, 6)
-    assert touch[0, 0, 1] and touch[0, 1, 2] and touch[0, 2, 3] and not touch[0, 0, 2]
-    g = fragment_groups(touch, rel, present)
+    g = fragment_groups(area, rel)
     assert g[0, 0, 2].item() == pytest.approx(0.9 * 0.8)  # 1 - 2 - 3: product of the links
     assert g[0, 0, 1].item() == pytest.approx(0.9)
     assert g[0, 2, 3] == 0 and g[0, 0, 4] == 0  # irrelevant neighbour, distant car
@@ -132,8 +109,7 @@ def test_comparison_features_rank_the_relevant_entities() -> None:
     labels[0, 30:34, 0:4] = 4  # not a car, leftmost of all
     geo, present = entity_geometry(entity_area_maps(labels, 4, (64, 64)))
     rel = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    groups = fragment_groups(entity_adjacency(labels, 4), rel, present)
-    feats = comparison_features(geo, present, rel, groups)
+    feats = comparison_features(geo, present, rel, fragment_groups(entity_area_maps(labels, 4, (64, 64)), rel))
     left, right = feats[0, :3, 2].expm1(), feats[0, :3, 3].expm1()
     larger, smaller = feats[0, :3, 6].expm1(), feats[0, :3, 7].expm1()
     assert left.tolist() == pytest.approx([0, 1, 2], abs=0.01)  # entity 4 does not count
@@ -348,7 +324,9 @@ def test_training_step_adds_the_weighted_selection_loss(
         "entitwist_tiny", {"img_size": 64}, pretrained=False, entity_loss_weight=weight
     )
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    monkeypatch.setattr(module, "optimizers", lambda: SimpleNamespace(param_groups=[{"lr": 1.0}]))
+    monkeypatch.setattr(
+        module, "optimizers", lambda: SimpleNamespace(param_groups=[{"lr": 1.0}])
+    )
     module.eval()  # no batch-norm updates between the step and the check
     tok = module.tokenizer(["the car on the left", "all the tanks"])
     mask = torch.zeros(2, 64, 64, dtype=torch.long)

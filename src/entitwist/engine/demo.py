@@ -78,7 +78,6 @@ DEFAULTS: dict[str, Any] = {
     "dice_weight": 1.0,
     "grad_clip": 1.0,
     "threads": 1,
-    "workers": 1,
     "seed": 0,
     "overlays": 6,
 }
@@ -192,13 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fine-tune the text encoder too (default: a pretrained one stays frozen)",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=d["workers"],
-        help=f"data loader worker processes (default {d['workers']}: reads the next batch on "
-        "the second core while the one-thread model trains)",
-    )
+    p.add_argument("--workers", type=int, default=0, help="data loader workers (default 0)")
     p.add_argument(
         "--threads",
         type=int,

@@ -192,14 +192,13 @@ class EntiTwistNet(nn.Module):
         else:
             logits, feats = self.decoder(outs, return_features=True)  # (B, 2, H/4, W/4)
             if have_entities:
-                from entitwist.models.entity_head import entity_adjacency, entity_logit_map
+                from entitwist.models.entity_head import entity_logit_map
                 from entitwist.models.seg import entity_area_maps
 
                 area = entity_area_maps(entities, num_entities, tuple(feats.shape[-2:]))
                 area = area.to(feats.dtype)  # (B, K, H/4, W/4)
                 fg = logits.softmax(dim=1)[:, 1]  # the pixel decoder's evidence, (B, H/4, W/4)
-                touch = entity_adjacency(entities, num_entities)  # (B, K, K)
-                scores = self.entity_head(feats, area, t_ori, text_mask, fg, touch)  # (B, K)
+                scores = self.entity_head(feats, area, t_ori, text_mask, fg)  # (B, K)
                 bias = entity_logit_map(scores, area)  # (B, H/4, W/4)
                 logits = logits + torch.stack([torch.zeros_like(bias), bias], dim=1)
             logits = F.interpolate(

@@ -29,19 +29,12 @@ cross-entropy of ``s_k`` against "most of entity k is in the ground truth").
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from entitwist.models.seg import mask_average_pooling, reverse_mask_average_pooling
 
-__all__ = [
-    "GEOMETRY_FEATURES",
-    "EntityHead",
-    "comparison_features",
-    "entity_adjacency",
-    "entity_geometry",
-    "entity_logit_map",
-    "fragment_groups",
-]
+__all__ = ["GEOMETRY_FEATURES", "EntityHead", "entity_geometry", "entity_logit_map"]
 
 #: Size of the geometry descriptor of :func:`entity_geometry`.
 GEOMETRY_FEATURES = 6
@@ -82,52 +75,27 @@ def entity_geometry(area: Tensor) -> tuple[Tensor, Tensor]:
     return (geo * present.unsqueeze(-1)).to(area.dtype), present
 
 
-def entity_adjacency(labels: Tensor, num_entities: int) -> Tensor:
-    """Which entities touch (4-neighbourhood) in a full-resolution label map.
-
-    Args:
-        labels: (B, H, W) integer label map, 0 = none, 1..K.
-        num_entities: K.
-
-    Returns:
-        (B, K, K) bool, symmetric; the diagonal is False.
-    """
-    b, k1 = labels.shape[0], num_entities + 1
-    lab = labels.long()
-    base = (torch.arange(b, device=lab.device) * k1 * k1)[:, None, None]
-    pairs = [
-        (lab[:, :, :-1], lab[:, :, 1:]),  # left | right neighbours
-        (lab[:, :-1, :], lab[:, 1:, :]),  # top / bottom neighbours
-    ]
-    index = torch.cat([(base + p * k1 + q).flatten() for p, q in pairs])
-    counts = torch.bincount(index, minlength=b * k1 * k1).view(b, k1, k1)[:, 1:, 1:]
-    touch = counts > 0
-    touch = touch | touch.transpose(1, 2)
-    return touch & ~torch.eye(num_entities, dtype=torch.bool, device=lab.device)
-
-
-def fragment_groups(touch: Tensor, relevance: Tensor, present: Tensor, rounds: int = 3) -> Tensor:
+def fragment_groups(area: Tensor, relevance: Tensor, rounds: int = 3) -> Tensor:
     """Soft "same object" links between touching relevant entities.
 
     Entity generators cut one object into several entities (a car into roof, windows and
     shadow: two to four pieces on the demo scenes), which breaks every comparison made
     entity by entity: the right half of the leftmost car has a relevant entity on its left.
-    Two entities are linked with strength ``min(r_i, r_j)`` when they touch
-    (:func:`entity_adjacency`); ``rounds`` max-product squarings of the link matrix join
+    Two entities are linked with strength ``min(r_i, r_j)`` when they touch (their area maps
+    overlap after a 3x3 dilation); ``rounds`` max-product squarings of the link matrix join
     chains of up to ``2**rounds`` links.
-
-    Args:
-        touch: (B, K, K) bool adjacency.
-        relevance: (B, K) in [0, 1].
-        present: (B, K) bool.
 
     Returns:
         (B, K, K) in [0, 1], 1 on the diagonal of present entities, 0 for absent ones.
     """
-    k = touch.shape[1]
+    b, k = area.shape[:2]
+    present = area.flatten(2).sum(-1) > 0
+    grown = F.max_pool2d(area, 3, stride=1, padding=1)
+    touch = torch.einsum("bkn,bjn->bkj", area.flatten(2), grown.flatten(2)) > 0
+    touch = touch | touch.transpose(1, 2)
     r = relevance * present
     links = touch * torch.minimum(r[:, :, None], r[:, None, :])
-    eye = torch.eye(k, device=touch.device, dtype=links.dtype) * present[:, :, None]
+    eye = torch.eye(k, device=area.device, dtype=links.dtype) * present[:, :, None]
     groups = torch.maximum(links, eye)
     for _ in range(rounds):  # strongest path: max over j of g_ij * g_jl
         groups = torch.maximum(groups, (groups[:, :, :, None] * groups[:, None, :, :]).amax(2))
@@ -205,11 +173,8 @@ class EntityHead(nn.Module):
         layers: transformer decoder layers (>= 1).
         heads: attention heads (must divide ``dim``).
 
-    ``forward(features (B, C, H, W), area (B, K, H, W), t_ori (B, N, d_t), text_mask (B, N),
-    foreground=None, touch=None) -> scores (B, K)``, 0 for absent entities; ``foreground``
-    (B, H, W) is the pixel decoder's foreground probability at the features' size (None:
-    every entity counts as relevant), ``touch`` the (B, K, K) :func:`entity_adjacency` of
-    the label map (None: pieces are not grouped).
+    ``forward(features (B, C, H, W), area (B, K, H, W), t_ori (B, N, d_t), text_mask (B, N))
+    -> scores (B, K)``, 0 for absent entities.
     """
 
     def __init__(self, in_dim: int, text_dim: int, dim: int = 64, layers: int = 2, heads: int = 4):
@@ -242,7 +207,6 @@ class EntityHead(nn.Module):
         t_ori: Tensor,
         text_mask: Tensor,
         foreground: Tensor | None = None,
-        touch: Tensor | None = None,
     ) -> Tensor:
         b, k = area.shape[:2]
         if k == 0:
@@ -255,9 +219,7 @@ class EntityHead(nn.Module):
         else:  # mean foreground probability of the pixel decoder over each entity
             fg = foreground.detach().to(features.dtype)[:, None]  # (B, 1, H, W)
             relevance = mask_average_pooling(fg, area)[0][..., 0]  # (B, K)
-        groups = None  # (B, K, K): pieces of one object
-        if touch is not None:
-            groups = fragment_groups(touch, relevance.float(), present).to(area.dtype)
+        groups = fragment_groups(area.float(), relevance.float()).to(area.dtype)  # (B, K, K)
         compare = comparison_features(geo, present, relevance, groups)  # (B, K, 11)
         where = self.geometry(geo) + self.comparison(compare)  # (B, K, dim)
         real = (text_mask != 0).to(t_ori.dtype)[..., None]  # (B, N, 1)
