@@ -59,7 +59,10 @@ def test_replace_reaches_nested_fields_and_copies() -> None:
         ({"attn_heads": (3, 8, 16, 32)}, "divide"),
         ({"img_size": 100}, "multiple of 32"),
         ({"position_embedding": "rope"}, "position_embedding='rope' is unknown"),
-        ({"position_embedding": "sincos", "embed_dim": 18, "attn_heads": (1, 2, 4, 8)}, "divisible by 4"),
+        (
+            {"position_embedding": "sincos", "embed_dim": 18, "attn_heads": (1, 2, 4, 8)},
+            "divisible by 4",
+        ),
         ({"text__kind": "gpt"}, "text.kind"),
         ({"max_tokens": 1}, "max_tokens"),
         ({"decoder__width": 0}, "decoder"),

@@ -40,6 +40,16 @@ def test_geometry_of_a_rectangle_is_exact() -> None:
     assert geo[0, 2, 4:].tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
 
 
+def _object_geometry(
+    groups: torch.Tensor, geo: torch.Tensor, a: list[float], i: int
+) -> tuple[float, float, float]:
+    """Entity i's object: area-weighted centroid of its group and log of the group's area."""
+    area = sum(groups[i, j].item() * a[j] for j in range(len(a)))
+    cy = sum(groups[i, j].item() * a[j] * geo[j, 0].item() for j in range(len(a))) / area
+    cx = sum(groups[i, j].item() * a[j] * geo[j, 1].item() for j in range(len(a))) / area
+    return cy, cx, float(torch.log(torch.tensor(area + 1e-4)))
+
+
 def test_comparison_features_match_a_loop() -> None:
     g = torch.Generator().manual_seed(3)
     labels = torch.randint(0, 6, (2, 32, 32), generator=g)
@@ -53,23 +63,17 @@ def test_comparison_features_match_a_loop() -> None:
     for b in range(2):
         a = [geo[b, j, 2].item() ** 2 if present[b, j] else 0.0 for j in range(5)]
 
-        def obj(i: int) -> tuple[float, float, float]:
-            area = sum(groups[b, i, j].item() * a[j] for j in range(5))
-            cy = sum(groups[b, i, j].item() * a[j] * geo[b, j, 0].item() for j in range(5)) / area
-            cx = sum(groups[b, i, j].item() * a[j] * geo[b, j, 1].item() for j in range(5)) / area
-            return cy, cx, float(torch.log(torch.tensor(area + 1e-4)))
-
         for i in range(5):
             if not present[b, i]:
                 assert (got[b, i] == 0).all()
                 continue
-            cy, cx, la = obj(i)
+            cy, cx, la = _object_geometry(groups[b], geo[b], a, i)
             sums = torch.zeros(7)
             for j in range(5):
                 if j == i or not present[b, j]:
                     continue
                 o = rel[b, j] * (1 - groups[b, i, j])
-                oy, ox, ola = obj(j)
+                oy, ox, ola = _object_geometry(groups[b], geo[b], a, j)
                 sums += o * torch.stack([
                     torch.tensor(1.0),
                     sig(torch.tensor((cx - ox) / POSITION_SOFTNESS)),
@@ -109,7 +113,9 @@ def test_comparison_features_rank_the_relevant_entities() -> None:
     labels[0, 30:34, 0:4] = 4  # not a car, leftmost of all
     geo, present = entity_geometry(entity_area_maps(labels, 4, (64, 64)))
     rel = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    feats = comparison_features(geo, present, rel, fragment_groups(entity_area_maps(labels, 4, (64, 64)), rel))
+    feats = comparison_features(
+        geo, present, rel, fragment_groups(entity_area_maps(labels, 4, (64, 64)), rel)
+    )
     left, right = feats[0, :3, 2].expm1(), feats[0, :3, 3].expm1()
     larger, smaller = feats[0, :3, 6].expm1(), feats[0, :3, 7].expm1()
     assert left.tolist() == pytest.approx([0, 1, 2], abs=0.01)  # entity 4 does not count
@@ -324,9 +330,7 @@ def test_training_step_adds_the_weighted_selection_loss(
         "entitwist_tiny", {"img_size": 64}, pretrained=False, entity_loss_weight=weight
     )
     monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    monkeypatch.setattr(
-        module, "optimizers", lambda: SimpleNamespace(param_groups=[{"lr": 1.0}])
-    )
+    monkeypatch.setattr(module, "optimizers", lambda: SimpleNamespace(param_groups=[{"lr": 1.0}]))
     module.eval()  # no batch-norm updates between the step and the check
     tok = module.tokenizer(["the car on the left", "all the tanks"])
     mask = torch.zeros(2, 64, 64, dtype=torch.long)

@@ -240,7 +240,9 @@ class ModelConfig:
                 f"decoder.entity_head_layers={d.entity_head_layers} must be 0 (off) or more"
             )
         if d.entity_head_layers and (
-            d.entity_head_dim < 1 or d.entity_head_heads < 1 or d.entity_head_dim % d.entity_head_heads
+            d.entity_head_dim < 1
+            or d.entity_head_heads < 1
+            or d.entity_head_dim % d.entity_head_heads
         ):
             raise ConfigError(
                 f"decoder.entity_head_heads={d.entity_head_heads} must be positive and divide "

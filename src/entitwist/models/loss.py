@@ -68,7 +68,9 @@ def referring_loss(
 ENTITY_LOSS_WEIGHT = 3.0
 
 
-def entity_selection_targets(entities: Tensor, target: Tensor, num_entities: int) -> tuple[Tensor, Tensor]:
+def entity_selection_targets(
+    entities: Tensor, target: Tensor, num_entities: int
+) -> tuple[Tensor, Tensor]:
     """Which entities lie mostly inside the referred mask.
 
     Args:
@@ -90,7 +92,9 @@ def entity_selection_targets(entities: Tensor, target: Tensor, num_entities: int
     index = labels + (num_entities + 1) * torch.arange(b, device=labels.device)[:, None]
     size = b * (num_entities + 1)
     area = torch.bincount(index.flatten(), minlength=size).view(b, -1)[:, 1:]
-    inside = torch.bincount(index.flatten(), weights=target.flatten(1).flatten().float(), minlength=size)
+    inside = torch.bincount(
+        index.flatten(), weights=target.flatten(1).flatten().float(), minlength=size
+    )
     inside = inside.view(b, -1)[:, 1:]
     return inside * 2 > area, area > 0
 
