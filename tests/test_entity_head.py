@@ -96,7 +96,7 @@ def test_fragment_groups_link_touching_relevant_pieces() -> None:
     labels[0, 12:14, 12:14] = 5  # a second car, apart
     area = entity_area_maps(labels, 6, (16, 16))  # label 6 absent
     rel = torch.tensor([[1.0, 0.9, 0.8, 0.0, 1.0, 1.0]])
-    g = fragment_groups(area, rel)
+    g = fragment_groups(area, rel, entity_geometry(area)[1])
     assert g[0, 0, 2].item() == pytest.approx(0.9 * 0.8)  # 1 - 2 - 3: product of the links
     assert g[0, 0, 1].item() == pytest.approx(0.9)
     assert g[0, 2, 3] == 0 and g[0, 0, 4] == 0  # irrelevant neighbour, distant car
@@ -114,7 +114,7 @@ def test_comparison_features_rank_the_relevant_entities() -> None:
     geo, present = entity_geometry(entity_area_maps(labels, 4, (64, 64)))
     rel = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     feats = comparison_features(
-        geo, present, rel, fragment_groups(entity_area_maps(labels, 4, (64, 64)), rel)
+        geo, present, rel, fragment_groups(entity_area_maps(labels, 4, (64, 64)), rel, present)
     )
     left, right = feats[0, :3, 2].expm1(), feats[0, :3, 3].expm1()
     larger, smaller = feats[0, :3, 6].expm1(), feats[0, :3, 7].expm1()

@@ -34,7 +34,14 @@ from torch import Tensor, nn
 
 from entitwist.models.seg import mask_average_pooling, reverse_mask_average_pooling
 
-__all__ = ["GEOMETRY_FEATURES", "EntityHead", "entity_geometry", "entity_logit_map"]
+__all__ = [
+    "GEOMETRY_FEATURES",
+    "EntityHead",
+    "comparison_features",
+    "entity_geometry",
+    "entity_logit_map",
+    "fragment_groups",
+]
 
 #: Size of the geometry descriptor of :func:`entity_geometry`.
 GEOMETRY_FEATURES = 6
@@ -75,7 +82,7 @@ def entity_geometry(area: Tensor) -> tuple[Tensor, Tensor]:
     return (geo * present.unsqueeze(-1)).to(area.dtype), present
 
 
-def fragment_groups(area: Tensor, relevance: Tensor, rounds: int = 3) -> Tensor:
+def fragment_groups(area: Tensor, relevance: Tensor, present: Tensor, rounds: int = 3) -> Tensor:
     """Soft "same object" links between touching relevant entities.
 
     Entity generators cut one object into several entities (a car into roof, windows and
@@ -85,11 +92,15 @@ def fragment_groups(area: Tensor, relevance: Tensor, rounds: int = 3) -> Tensor:
     overlap after a 3x3 dilation); ``rounds`` max-product squarings of the link matrix join
     chains of up to ``2**rounds`` links.
 
+    Args:
+        area: (B, K, H, W) soft entity masks.
+        relevance: (B, K) in [0, 1].
+        present: (B, K) bool, as :func:`entity_geometry` returns it.
+
     Returns:
         (B, K, K) in [0, 1], 1 on the diagonal of present entities, 0 for absent ones.
     """
-    b, k = area.shape[:2]
-    present = area.flatten(2).sum(-1) > 0
+    k = area.shape[1]
     grown = F.max_pool2d(area, 3, stride=1, padding=1)
     touch = torch.einsum("bkn,bjn->bkj", area.flatten(2), grown.flatten(2)) > 0
     touch = touch | touch.transpose(1, 2)
@@ -173,8 +184,10 @@ class EntityHead(nn.Module):
         layers: transformer decoder layers (>= 1).
         heads: attention heads (must divide ``dim``).
 
-    ``forward(features (B, C, H, W), area (B, K, H, W), t_ori (B, N, d_t), text_mask (B, N))
-    -> scores (B, K)``, 0 for absent entities.
+    ``forward(features (B, C, H, W), area (B, K, H, W), t_ori (B, N, d_t), text_mask (B, N),
+    foreground=None) -> scores (B, K)``, 0 for absent entities; ``foreground`` (B, H, W) is
+    the pixel decoder's foreground probability at the features' size, whose mean over an
+    entity is its relevance (None: every present entity counts as relevant).
     """
 
     def __init__(self, in_dim: int, text_dim: int, dim: int = 64, layers: int = 2, heads: int = 4):
@@ -219,7 +232,7 @@ class EntityHead(nn.Module):
         else:  # mean foreground probability of the pixel decoder over each entity
             fg = foreground.detach().to(features.dtype)[:, None]  # (B, 1, H, W)
             relevance = mask_average_pooling(fg, area)[0][..., 0]  # (B, K)
-        groups = fragment_groups(area.float(), relevance.float()).to(area.dtype)  # (B, K, K)
+        groups = fragment_groups(area.float(), relevance.float(), present).to(area.dtype)
         compare = comparison_features(geo, present, relevance, groups)  # (B, K, 11)
         where = self.geometry(geo) + self.comparison(compare)  # (B, K, dim)
         real = (text_mask != 0).to(t_ori.dtype)[..., None]  # (B, N, 1)
