@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entitwist.errors import InputError
-from entitwist.models.seg import SEG, entity_area_maps, self_reasoning_affinity
+from entitwist.models.seg import SEG, EntityAreaCache, entity_area_maps, self_reasoning_affinity
 
 
 # ---------------------------------------------------------------- reference twins (loops)
@@ -87,6 +87,37 @@ def test_area_maps_one_pixel_survives_stride_32() -> None:
     assert float(area[0, 0].sum()) == pytest.approx(1 / 1024)
     assert float(area[0, 0, 100 // 32, 200 // 32]) == pytest.approx(1 / 1024)
     assert float(area[0, 1:].abs().sum()) == 0
+
+
+def test_area_cache_equals_direct_maps_and_counts_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import entitwist.models.seg as seg_mod
+
+    torch.manual_seed(4)
+    labels = torch.randint(0, 9, (2, 128, 128))
+    calls: list[tuple[int, int]] = []
+    counted = seg_mod.entity_area_maps
+
+    def spy(lab: torch.Tensor, k: int, size: tuple[int, int]) -> torch.Tensor:
+        calls.append(tuple(size))
+        return counted(lab, k, size)
+
+    monkeypatch.setattr(seg_mod, "entity_area_maps", spy)
+    cache = EntityAreaCache(labels, 8)
+    # the network's order: stages 1/4 .. 1/32, then the entity head at 1/4 again
+    for size in [(32, 32), (16, 16), (8, 8), (4, 4), (32, 32)]:
+        got = cache(size)
+        # power-of-two cells: pooled from the finer map, equal to the counted map bit for bit
+        assert torch.equal(got, counted(labels, 8, size))
+    assert calls == [(32, 32)]
+    assert cache((32, 32)) is cache((32, 32))
+    # a size that divides no cached map is counted
+    torch.testing.assert_close(cache((12, 12)), counted(labels, 8, (12, 12)))
+    assert calls == [(32, 32), (12, 12)]
+    # 96 px: 3x3-pixel cells at 32, so the pooled 16x16 map equals the counted one only up
+    # to float rounding
+    odd = EntityAreaCache(labels[:, :96, :96], 8)
+    odd((32, 32))
+    torch.testing.assert_close(odd((16, 16)), counted(labels[:, :96, :96], 8, (16, 16)))
 
 
 def test_area_maps_k_zero_and_errors() -> None:

@@ -169,6 +169,11 @@ class EntiTwistNet(nn.Module):
         else:  # precomputed self.text(input_ids, attention_mask), e.g. a frozen encoder's cache
             t_ori, text_mask = text_features
         x = self.visual.embed(image)  # (B, H/4, W/4, d_0)
+        areas = None
+        if have_entities:
+            from entitwist.models.seg import EntityAreaCache
+
+            areas = EntityAreaCache(entities, num_entities)  # each grid size counted once
         outs: list[Tensor] = []
         stages: list[dict[str, Tensor]] = []
         for t, fusion in enumerate(self.fusions):
@@ -176,10 +181,7 @@ class EntiTwistNet(nn.Module):
             f_in = nhwc_to_nchw(x)  # (B, d_t, h_t, w_t)
             area = None
             if use_entities:
-                from entitwist.models.seg import entity_area_maps
-
-                area = entity_area_maps(entities, num_entities, tuple(f_in.shape[-2:]))
-                area = area.to(f_in.dtype)  # (B, K, h_t, w_t)
+                area = areas(tuple(f_in.shape[-2:])).to(f_in.dtype)  # (B, K, h_t, w_t)
             f_out, extras = fusion(f_in, t_ori, text_mask, area)  # (B, d_t, h_t, w_t)
             outs.append(f_out)
             if return_intermediates:
@@ -193,10 +195,8 @@ class EntiTwistNet(nn.Module):
             logits, feats = self.decoder(outs, return_features=True)  # (B, 2, H/4, W/4)
             if have_entities:
                 from entitwist.models.entity_head import entity_logit_map
-                from entitwist.models.seg import entity_area_maps
 
-                area = entity_area_maps(entities, num_entities, tuple(feats.shape[-2:]))
-                area = area.to(feats.dtype)  # (B, K, H/4, W/4)
+                area = areas(tuple(feats.shape[-2:])).to(feats.dtype)  # (B, K, H/4, W/4)
                 fg = logits.softmax(dim=1)[:, 1]  # the pixel decoder's evidence, (B, H/4, W/4)
                 scores = self.entity_head(feats, area, t_ori, text_mask, fg)  # (B, K)
                 bias = entity_logit_map(scores, area)  # (B, H/4, W/4)

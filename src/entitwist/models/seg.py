@@ -27,6 +27,7 @@ from entitwist.errors import InputError
 
 __all__ = [
     "SEG",
+    "EntityAreaCache",
     "entity_area_maps",
     "mask_average_pooling",
     "reverse_mask_average_pooling",
@@ -94,6 +95,41 @@ def entity_area_maps(labels: Tensor, num_entities: int, size: tuple[int, int]) -
     onehot = labels.new_zeros((b, k + 1, h0, w0), dtype=torch.float32)
     onehot.scatter_(1, labels[:, None], 1.0)  # (B, K+1, H0, W0), float32 rather than int64
     return F.adaptive_avg_pool2d(onehot[:, 1:], (h, w))
+
+
+class EntityAreaCache:
+    """:func:`entity_area_maps` of one label map at several grid sizes, each computed once.
+
+    The network asks for the same entities at every stage (and the entity head again at
+    1/4 resolution). The first size is counted from the labels; a size that evenly divides
+    an already computed one is average-pooled from it instead (areas are cell means, so the
+    mean of sub-cell areas is the cell's area). With power-of-two cells (480 -> 120, 60, 30,
+    15; 128 -> 32, 16, 8, 4) every value is a small multiple of a power of two and the
+    pooled maps equal the counted ones bit for bit; otherwise they agree to float rounding.
+
+    ``cache(size)`` returns the (B, K, H, W) float32 map; the cached tensors are shared, so
+    callers must not modify them in place.
+    """
+
+    def __init__(self, labels: Tensor, num_entities: int) -> None:
+        self.labels = labels
+        self.num_entities = int(num_entities)
+        self._maps: dict[tuple[int, int], Tensor] = {}
+
+    def __call__(self, size: tuple[int, int]) -> Tensor:
+        h, w = int(size[0]), int(size[1])
+        found = self._maps.get((h, w))
+        if found is not None:
+            return found
+        sources = [hw for hw in self._maps if hw[0] % h == 0 and hw[1] % w == 0]
+        if h >= 1 and w >= 1 and sources:
+            sh, sw = min(sources)  # the coarsest finer map: fewest cells to pool
+            ky, kx = sh // h, sw // w
+            area = F.avg_pool2d(self._maps[(sh, sw)], (ky, kx))
+        else:
+            area = entity_area_maps(self.labels, self.num_entities, (h, w))
+        self._maps[(h, w)] = area
+        return area
 
 
 def mask_average_pooling(features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
