@@ -463,6 +463,42 @@ def test_killed_run_resumes_and_matches(tmp_path, monkeypatch):
     ]
 
 
+def test_two_workers_write_the_same_files(tmp_path, monkeypatch):
+    write_dataset(tmp_path / "one", 9, size=64, seed=5, progress=False)
+    write_dataset(tmp_path / "two", 9, size=64, seed=5, progress=False, workers=2)
+    # a run killed at scene 4 in this process, resumed by a pool of two
+    real = syn._scene_records
+
+    def dying(out, index, *args):
+        if index == 4:
+            raise _Killed
+        return real(out, index, *args)
+
+    monkeypatch.setattr(syn, "_scene_records", dying)
+    with pytest.raises(_Killed):
+        write_dataset(tmp_path / "resumed", 9, size=64, seed=5, progress=False)
+    monkeypatch.setattr(syn, "_scene_records", real)
+    assert len(list((tmp_path / "resumed" / syn._RECORDS).glob("*.json"))) == 4
+    write_dataset(tmp_path / "resumed", 9, size=64, seed=5, progress=False, workers=2)
+
+    def files(root):
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "synth.json"  # synth.json holds the seconds taken
+        }
+
+    one = files(tmp_path / "one")
+    assert len(one) > 9 and "annotations.jsonl" in one
+    for other in ("two", "resumed"):
+        got = files(tmp_path / other)
+        assert sorted(got) == sorted(one)
+        assert all(got[k] == one[k] for k in one), other
+    with pytest.raises(EntitwistError, match="workers=0"):
+        write_dataset(tmp_path / "bad", 2, size=64, progress=False, workers=0)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_bad_writer_arguments(tmp_path):
     for kwargs, msg in (
         ({"n_scenes": 0}, "at least 1 scene"),

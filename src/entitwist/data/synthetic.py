@@ -15,10 +15,14 @@ so that a killed run restarts where it stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
+import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -186,6 +190,24 @@ def _prepare(out: Path, params: dict, overwrite: bool) -> bool:
     return False
 
 
+def _scene_job(job: tuple) -> list[dict]:
+    return _scene_records(*job)
+
+
+@contextlib.contextmanager
+def _scene_pool(workers: int, jobs: int) -> Iterator[Any]:
+    """A process pool for :func:`write_dataset` (None: draw in this process)."""
+    if workers <= 1 or jobs <= 1:
+        yield None
+        return
+    import multiprocessing as mp
+
+    # fork is unsafe once torch's threads run in this process; spawn then
+    fork_ok = "fork" in mp.get_all_start_methods() and "torch" not in sys.modules
+    with mp.get_context("fork" if fork_ok else "spawn").Pool(min(workers, jobs)) as pool:
+        yield pool
+
+
 def write_dataset(
     out_dir: str | Path,
     n_scenes: int,
@@ -199,6 +221,7 @@ def write_dataset(
     object_scale: float = 1.0,
     density: float = 1.0,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Write ``n_scenes`` synthetic scenes in the JSONL folder format.
 
@@ -227,6 +250,8 @@ def write_dataset(
         object_scale: object size multiplier, see :func:`generate_scene`.
         density: share of the usual object count in (0, 1], see :func:`generate_scene`.
         progress: show a tqdm bar.
+        workers: processes drawing scenes; every scene is a function of ``(seed, index)``,
+            so the files are the same for any number of workers.
 
     Returns:
         summary dict: root, scenes, samples, per-split and per-type counts, seconds.
@@ -241,6 +266,8 @@ def write_dataset(
         raise InputError(f"expressions_per_scene={expressions_per_scene}; use at least 1")
     if int(size) < 32:
         raise InputError(f"size={size} is too small; use a size of at least 32")
+    if int(workers) < 1:
+        raise InputError(f"workers={workers}; use at least 1 process")
     if not 0.5 <= float(object_scale) <= 2.5:
         raise InputError(f"object_scale={object_scale} is out of range; use a value in [0.5, 2.5]")
     if not 0.0 < float(density) <= 1.0:
@@ -271,27 +298,38 @@ def write_dataset(
     _prepare(out, params, overwrite)
     names = _split_names(int(n_scenes), splits, int(seed))
     t0 = time.perf_counter()
-    lines: list[dict] = []
     records = out / _RECORDS
-    for i in tqdm(range(int(n_scenes)), desc="synth", unit="scene", disable=not progress):
+    per_scene: dict[int, list[dict]] = {}
+    jobs = []
+    for i in range(int(n_scenes)):
         rec = records / f"{i:05d}.json"
         if rec.exists():
-            lines.extend(json.loads(rec.read_text()))
-            continue
-        scene_lines = _scene_records(
-            out,
-            i,
-            names[i],
-            int(size),
-            int(seed),
-            int(expressions_per_scene),
-            types,
-            float(object_scale),
-            float(density),
-        )
-        with atomic_path(rec) as tmp:
-            tmp.write_text(json.dumps(scene_lines))
-        lines.extend(scene_lines)
+            per_scene[i] = json.loads(rec.read_text())
+        else:
+            jobs.append(
+                (
+                    out,
+                    i,
+                    names[i],
+                    int(size),
+                    int(seed),
+                    int(expressions_per_scene),
+                    types,
+                    float(object_scale),
+                    float(density),
+                )
+            )
+    bar = tqdm(
+        total=int(n_scenes), initial=len(per_scene), desc="synth", unit="scene", disable=not progress
+    )
+    with bar, _scene_pool(int(workers), len(jobs)) as pool:
+        drawn = pool.imap(_scene_job, jobs, chunksize=4) if pool else map(_scene_job, jobs)
+        for job, scene_lines in zip(jobs, drawn):  # in scene order, whatever the workers
+            with atomic_path(records / f"{job[1]:05d}.json") as tmp:
+                tmp.write_text(json.dumps(scene_lines))
+            per_scene[job[1]] = scene_lines
+            bar.update(1)
+    lines = [line for i in range(int(n_scenes)) for line in per_scene[i]]
     summary = {
         "root": str(out),
         "scenes": int(n_scenes),
@@ -344,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the dataset in a non-empty OUT"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes drawing scenes (default 1; the output is the same for any number)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
@@ -365,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         object_scale=args.object_scale,
         density=args.density,
         progress=not args.quiet,
+        workers=args.workers,
     )
     per_split = ", ".join(f"{k} {v}" for k, v in sorted(summary["splits"].items()))
     per_type = ", ".join(f"{k} {v}" for k, v in sorted(summary["types"].items()))
@@ -378,8 +423,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    import sys
-
     from entitwist.cli import main as cli_main
 
     sys.exit(cli_main(["synth", *sys.argv[1:]]))

@@ -191,7 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fine-tune the text encoder too (default: a pretrained one stays frozen)",
     )
-    p.add_argument("--workers", type=int, default=0, help="data loader workers (default 0)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data loader worker processes (default: 1 when the machine has a second core, "
+        "which then reads and decodes the batches beside the training thread; else 0)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -237,7 +243,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--batch-size {args.batch_size} must be at least 1")
     if args.lr <= 0:
         raise ConfigError(f"--lr {args.lr} must be positive")
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers {args.workers} must be 0 or more")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be at least 1")
@@ -276,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     _check_args(args)
+    if args.workers is None:  # a second core reads the batches beside the training thread
+        args.workers = 1 if (os.cpu_count() or 1) > 1 else 0
     model_name = default_model_name() if args.model == "auto" else args.model
     from entitwist.registry import get_config
 

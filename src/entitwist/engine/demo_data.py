@@ -68,6 +68,7 @@ def _data_step(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
         density=args.density,
         overwrite=False,
         progress=not args.quiet,
+        workers=max(1, min(2, os.cpu_count() or 1)),  # scenes are independent: use both cores
     )
     splits = ", ".join(f"{k} {v}" for k, v in sorted(summary["splits"].items()))
     _say(

@@ -55,7 +55,7 @@ def swap_partners(records: list[Any], masks: list[Any]) -> list[int | None]:
 
 
 def _predict_all(
-    module: Any, dataset: Any, batch_size: int, desc: str, quiet: bool
+    module: Any, dataset: Any, batch_size: int, desc: str, quiet: bool, workers: int = 0
 ) -> tuple[list[Any], list[tuple[Any, Any]]]:
     """Logits (2, S, S) per sample, and its targets: (mask (S, S), mask_orig (H, W))."""
     import torch
@@ -64,7 +64,13 @@ def _predict_all(
 
     from entitwist.data import collate_referring
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_referring)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_referring,
+        num_workers=workers,
+    )
     preds: list[Any] = []
     targets: list[tuple[Any, Any]] = []
     module.eval()
@@ -119,7 +125,7 @@ def _test_step(
     n = len(dataset)
     _say(4, "test", f"scoring {n} test expressions with the exported model ({model_dir})")
     t0 = time.perf_counter()
-    preds, targets = _predict_all(module, dataset, 32, "test", args.quiet)
+    preds, targets = _predict_all(module, dataset, 32, "test", args.quiet, args.workers)
     raw_masks = [t[1].bool().numpy() for t in targets]  # (H, W) each
     results = _scores(preds, targets)
     rows = make_rows(
@@ -157,7 +163,7 @@ def _test_step(
             entity_tag=dataset.entity_tag,
             max_entities=dataset.max_entities,
         )
-        spreds, _ = _predict_all(module, swapped, 32, "swap test", args.quiet)
+        spreds, _ = _predict_all(module, swapped, 32, "swap test", args.quiet, args.workers)
         swapped_preds = dict(zip(have, spreds))
         for name, subset in (("original", [preds[i] for i in have]), ("swapped", spreds)):
             metric = ReferringMetrics(protocol="lavt")
