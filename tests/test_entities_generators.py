@@ -114,6 +114,50 @@ def test_felzenszwalb_rag_keeps_small_objects_whole_and_merges_background() -> N
     assert len(fine(blank)) == 1
 
 
+def _graph_merge(image: np.ndarray, labels: np.ndarray, thresh: float) -> np.ndarray:
+    """The reference twin: scikit-image's region adjacency graph, cut at ``thresh``."""
+    from skimage import graph
+
+    return graph.cut_threshold(labels, graph.rag_mean_color(image, labels), thresh)
+
+
+def test_array_merge_equals_scikit_image_graph() -> None:
+    from skimage.segmentation import felzenszwalb
+
+    from entitwist.data.synthetic_scene import generate_scene
+    from entitwist.entities.generators import merge_similar_neighbours
+
+    cases = []
+    for seed in range(6):  # demo-like scenes, cut finely as the generator does
+        image = generate_scene(seed, 96, object_scale=2.5, density=0.3).image
+        cases.append((image, felzenszwalb(image, scale=30, sigma=0.5, min_size=5)))
+    texture = random_texture(40, 56, 3)
+    cases.append((texture, felzenszwalb(texture, scale=50, sigma=0.5, min_size=3)))
+    image, ids = blocks_image(24, 32)
+    cases.append((image, ids))  # four flat quadrants: nothing merges at 40
+    rng = np.random.default_rng(0)  # labels touching only diagonally, ids in a shuffled order
+    checker = (np.indices((9, 9)).sum(0) % 2) * (1 + rng.permutation(81).reshape(9, 9) % 3)
+    cases.append((rng.integers(0, 256, (9, 9, 3)).astype(np.uint8), checker))
+    cases.append((rng.integers(0, 256, (5, 7, 3)).astype(np.float32), rng.integers(0, 6, (5, 7))))
+    merged_some = 0
+    for image, labels in cases:
+        _, labels = np.unique(labels, return_inverse=True)  # ids 0..n-1, as felzenszwalb gives
+        labels = labels.reshape(image.shape[:2])
+        for thresh in (10.0, 40.0, 120.0):
+            want = _graph_merge(image, labels, thresh)
+            got = merge_similar_neighbours(image, labels, thresh)
+            np.testing.assert_array_equal(got, want)
+            merged_some += int(got.max() < labels.max())
+    assert merged_some >= 10  # the cases do merge, so the ids' order is tested
+    # the generator's segments are the graph-merged ones
+    gen = E.get_generator("felzenszwalb-rag")
+    image = generate_scene(7, 128, object_scale=2.5, density=0.3).image
+    fine = felzenszwalb(gen._work_image(image), scale=30, sigma=0.5, min_size=5)
+    np.testing.assert_array_equal(
+        gen.segment(gen._work_image(image)), _graph_merge(gen._work_image(image), fine, 40.0)
+    )
+
+
 def test_contrast_stretch_keeps_low_contrast_regions_apart() -> None:
     image, ids = blocks_image(128, 128)
     hazy = (110 + (image.astype(int) - 128) // 12).astype(np.uint8)  # contrast / 12

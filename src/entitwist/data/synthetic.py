@@ -320,7 +320,11 @@ def write_dataset(
                 )
             )
     bar = tqdm(
-        total=int(n_scenes), initial=len(per_scene), desc="synth", unit="scene", disable=not progress
+        total=int(n_scenes),
+        initial=len(per_scene),
+        desc="synth",
+        unit="scene",
+        disable=not progress,
     )
     with bar, _scene_pool(int(workers), len(jobs)) as pool:
         drawn = pool.imap(_scene_job, jobs, chunksize=4) if pool else map(_scene_job, jobs)
