@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from entitwist.config import ModelConfig
 from entitwist.errors import ConfigError
@@ -14,6 +15,7 @@ from entitwist.models.entity_head import (
     comparison_features,
     entity_geometry,
     entity_logit_map,
+    dilate3x3,
     fragment_groups,
 )
 from entitwist.models.loss import entity_selection_loss, entity_selection_targets
@@ -102,6 +104,19 @@ def test_fragment_groups_link_touching_relevant_pieces() -> None:
     assert g[0, 2, 3] == 0 and g[0, 0, 4] == 0  # irrelevant neighbour, distant car
     assert torch.diagonal(g[0]).tolist() == [1, 1, 1, 1, 1, 0]
     assert torch.allclose(g, g.transpose(1, 2))
+
+
+def test_dilate3x3_equals_max_pooling() -> None:
+    torch.manual_seed(3)
+    for shape in [(2, 5, 9, 7), (1, 1, 1, 1), (3, 1, 2), (4, 4)]:
+        maps = torch.rand(shape) * (torch.rand(shape) > 0.7)  # sparse, non-negative
+        want = F.max_pool2d(maps.reshape(-1, 1, *shape[-2:]), 3, stride=1, padding=1)
+        got = dilate3x3(maps)
+        assert got.shape == maps.shape
+        assert torch.equal(got, want.reshape(shape))
+    one = torch.zeros(1, 5, 5)
+    one[0, 0, 4] = 2.0  # a corner pixel grows into its 2x2 neighbourhood only
+    assert dilate3x3(one)[0].nonzero().tolist() == [[0, 3], [0, 4], [1, 3], [1, 4]]
 
 
 def test_comparison_features_rank_the_relevant_entities() -> None:

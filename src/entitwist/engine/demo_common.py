@@ -14,6 +14,16 @@ from typing import Any
 STEPS = 5
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (training processes, data
+    loader workers, entity workers)."""
+    import resource
+    import time
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
 def _say(step: int, name: str, text: str) -> None:
     print(f"[{step}/{STEPS}] {name}: {text}", flush=True)
 

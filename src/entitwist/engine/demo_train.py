@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entitwist.engine.demo_common import _read_json, _say, _write_json
+from entitwist.engine.demo_common import _cpu_seconds, _read_json, _say, _write_json
 from entitwist.errors import ConfigError
 
 
@@ -37,6 +37,7 @@ def _run_settings(
         "size": args.size,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        "devices": args.devices,
         "lr": args.lr,
         "warmup_steps": args.warmup_steps,
         "dice_weight": args.dice_weight,
@@ -100,7 +101,7 @@ def _datamodule(
         module,
         dataset="jsonl",
         root=str(root),
-        batch_size=args.batch_size,
+        batch_size=args.batch_size // args.devices,  # per process; the step sees batch_size
         eval_batch_size=max(16, args.batch_size),
         num_workers=args.workers,
         entities=str(store.resolve()),
@@ -148,12 +149,13 @@ def _train_step(
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     total = sum(p.numel() for p in module.parameters())
     resume = last.is_file()
+    procs = f", {args.devices} processes (DDP)" if args.devices > 1 else ""
     _say(
         3,
         "train",
         f"{'resuming from ' + str(last) if resume else 'training'} {model_name} at {args.size} px "
         f"on the CPU ({trainable / 1e6:.2f} M of {total / 1e6:.2f} M parameters trained), "
-        f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g}",
+        f"{args.epochs} epochs, batch {args.batch_size}{procs}, lr {args.lr:g}",
     )
     ckpt = _movable_checkpoint_class(ModelCheckpoint)(
         dirpath=run / "checkpoints",
@@ -167,9 +169,12 @@ def _train_step(
     callbacks: list[Any] = [ckpt, export]
     if not args.quiet:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
+    if args.devices > 1:
+        callbacks.append(_die_with_parent_callback())
     trainer = lightning.Trainer(
         accelerator="cpu",
-        devices=1,
+        devices=args.devices,
+        strategy=_cpu_strategy(args.devices),
         max_epochs=args.epochs,
         max_time=None if args.max_minutes is None else {"minutes": args.max_minutes},
         deterministic=True,
@@ -183,22 +188,28 @@ def _train_step(
         log_every_n_steps=10,
         gradient_clip_val=args.grad_clip or None,
     )
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    exported = model_dir / "training.json"
+    before = exported.stat().st_mtime_ns if exported.is_file() else None
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
-    if export.exported is None:
+    info: dict[str, Any] | None = export.info
+    if export.exported is None:  # several processes: rank 0 exported; read its record back
+        fresh = exported.is_file() and exported.stat().st_mtime_ns != before
+        info = _read_json(exported) if fresh else None
+    if info is None:
         raise ConfigError("training ended without exporting a model; see the messages above")
-    info = export.info
+    epochs_run = int(info.get("epochs_run", trainer.current_epoch))
     result = {
         "settings": settings,
-        "best_val_mIoU": float(info.get("score") or float("nan")),
-        "epoch": int(info.get("epoch", trainer.current_epoch)),
-        "epochs_run": int(trainer.current_epoch),
-        "global_step": int(trainer.global_step),
+        "best_val_mIoU": float("nan") if info.get("score") is None else float(info["score"]),
+        "epoch": int(info.get("epoch", epochs_run)),
+        "epochs_run": epochs_run,
+        "global_step": int(info.get("steps_run", trainer.global_step)),
         "selected_on": info.get("selected_on"),
         "wall_s": round(time.perf_counter() - t0, 1),
-        "cpu_s": round(time.process_time() - c0, 1),
+        "cpu_s": round(_cpu_seconds() - c0, 1),
         "resumed": resume,
-        "stopped_by_max_minutes": int(trainer.current_epoch) < args.epochs,
+        "stopped_by_max_minutes": epochs_run < args.epochs,
     }
     _write_json(done_file, result)
     _say(
@@ -208,6 +219,46 @@ def _train_step(
         f"{result['best_val_mIoU']:.2f} at epoch {result['epoch']}; model exported to {model_dir}",
     )
     return result
+
+
+def _cpu_strategy(devices: int) -> str:
+    """Lightning's strategy for ``devices`` CPU processes: DDP started by fork where the
+    platform has it (no re-import, no pickling of the model), else by spawn."""
+    if devices == 1:
+        return "auto"
+    import multiprocessing as mp
+
+    return "ddp_fork" if "fork" in mp.get_all_start_methods() else "ddp_spawn"
+
+
+def _die_with_parent() -> None:
+    """On Linux, ask the kernel to kill this process when its parent dies (a demo killed with
+    SIGKILL must not leave training processes behind that go on writing checkpoints)."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: nothing to arrange
+        pass
+
+
+def _die_with_parent_callback() -> Any:
+    """A callback that arms :func:`_die_with_parent` in each training process Lightning starts."""
+    import multiprocessing as mp
+
+    import lightning
+
+    class DieWithParent(lightning.Callback):
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            if mp.parent_process() is not None:  # a process started by the DDP launcher
+                _die_with_parent()
+
+    return DieWithParent()
 
 
 def _movable_checkpoint_class(base: type) -> type:

@@ -268,10 +268,25 @@ class EntiTwistModule(LightningModule):
         bsz = batch["mask"].shape[0]
         if scores is not None:
             entity_loss = entity_selection_loss(scores, batch["entities"], batch["mask"])
-            self.log("train/entity_loss", entity_loss, on_step=True, on_epoch=True, batch_size=bsz)
+            self.log(
+                "train/entity_loss",
+                entity_loss,
+                on_step=True,
+                on_epoch=True,
+                sync_dist=True,
+                batch_size=bsz,
+            )
             loss = loss + self.entity_loss_weight * entity_loss
         self._check_finite(loss, batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bsz)
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            sync_dist=True,  # the epoch mean over every process's samples
+            batch_size=bsz,
+        )
         self.log(
             "train/lr",
             self.optimizers().param_groups[0]["lr"],
@@ -378,7 +393,14 @@ class EntiTwistModule(LightningModule):
             results[protocol] = values
             for k, v in values.items():
                 # already merged across processes by the metric: no sync_dist
-                self.log(f"{stage}/{prefix}{k}", v, prog_bar=(protocol == "lavt" and k == "mIoU"))
+                # compute() already gathered every process's counts, so the value is the same on
+                # every rank; sync_dist averages equal numbers (and keeps Lightning from warning)
+                self.log(
+                    f"{stage}/{prefix}{k}",
+                    v,
+                    prog_bar=(protocol == "lavt" and k == "mIoU"),
+                    sync_dist=True,
+                )
             metric.reset()
         return results
 
@@ -505,6 +527,7 @@ class ExportBestCallback(Callback):
         ckpt_cb = trainer.checkpoint_callback
         best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
         model = copy.deepcopy(pl_module.model).cpu()
+        run = {"epochs_run": int(trainer.current_epoch), "steps_run": int(trainer.global_step)}
         info: dict[str, Any] = {"selected_on": "last", "global_step": int(trainer.global_step)}
         if best and getattr(ckpt_cb, "monitor", None):
             data = load_checkpoint(best)
@@ -523,6 +546,7 @@ class ExportBestCallback(Callback):
                 "epoch": int(data.get("epoch", -1)),
                 "global_step": int(data.get("global_step", -1)),
             }
+        info.update(run)
         self.info = info
         self.exported = export_pretrained(model, target, info)
 

@@ -29,7 +29,6 @@ cross-entropy of ``s_k`` against "most of entity k is in the ground truth").
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from entitwist.models.seg import mask_average_pooling, reverse_mask_average_pooling
@@ -38,6 +37,7 @@ __all__ = [
     "GEOMETRY_FEATURES",
     "EntityHead",
     "comparison_features",
+    "dilate3x3",
     "entity_geometry",
     "entity_logit_map",
     "fragment_groups",
@@ -82,6 +82,22 @@ def entity_geometry(area: Tensor) -> tuple[Tensor, Tensor]:
     return (geo * present.unsqueeze(-1)).to(area.dtype), present
 
 
+def dilate3x3(maps: Tensor) -> Tensor:
+    """3x3 max filter of non-negative (..., H, W) maps, zero outside the border.
+
+    Equals ``F.max_pool2d(maps, 3, stride=1, padding=1)`` for maps >= 0, as four
+    shifted maxima (rows, then columns), which on the CPU take a fifth of the pooling
+    kernel's time (it also computes the arg-max indices).
+    """
+    rows = maps.clone()
+    rows[..., 1:, :] = torch.maximum(rows[..., 1:, :], maps[..., :-1, :])
+    rows[..., :-1, :] = torch.maximum(rows[..., :-1, :], maps[..., 1:, :])
+    out = rows.clone()
+    out[..., 1:] = torch.maximum(out[..., 1:], rows[..., :-1])
+    out[..., :-1] = torch.maximum(out[..., :-1], rows[..., 1:])
+    return out
+
+
 def fragment_groups(area: Tensor, relevance: Tensor, present: Tensor, rounds: int = 3) -> Tensor:
     """Soft "same object" links between touching relevant entities.
 
@@ -101,7 +117,7 @@ def fragment_groups(area: Tensor, relevance: Tensor, present: Tensor, rounds: in
         (B, K, K) in [0, 1], 1 on the diagonal of present entities, 0 for absent ones.
     """
     k = area.shape[1]
-    grown = F.max_pool2d(area, 3, stride=1, padding=1)
+    grown = dilate3x3(area)
     touch = torch.einsum("bkn,bjn->bkj", area.flatten(2), grown.flatten(2)) > 0
     touch = touch | touch.transpose(1, 2)
     r = relevance * present
