@@ -25,7 +25,7 @@ from entitwist.engine.demo import DATA_GENERATOR, GENERATOR, default_model_name,
 from entitwist.metrics import metric_names
 
 TINY = ["--scenes", "6", "--size", "64", "--epochs", "1", "--model", "entitwist_tiny"]
-TINY += ["--quiet", "--overlays", "2", "--threads", "1"]
+TINY += ["--quiet", "--overlays", "2", "--threads", "1", "--devices", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +225,79 @@ def test_demo_on_a_read_only_jsonl_folder(demo_run: dict, tmp_path: Path, capsys
     assert rows[0]["dataset"] == "data" and rows[0]["expressions"] > 0
 
 
+def test_demo_trains_in_two_processes(tmp_path: Path) -> None:
+    """The default on a machine with two cores: Lightning DDP in two forked CPU processes,
+    each with half of every batch; rank 0's export is read back by the demo's process."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    argv = [a for a in TINY if a not in ("--devices", "1")] + ["--devices", "2", "--workers", "0"]
+    run = subprocess.run(
+        [sys.executable, "-m", "entitwist.cli", "demo", "--out", str(out), *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "batch 8, 2 processes (DDP)" in run.stdout
+    done = json.loads((out / "run" / "done.json").read_text())
+    assert done["settings"]["devices"] == 2 and done["settings"]["batch_size"] == 8
+    assert done["epochs_run"] == 1 and done["selected_on"] == "val"
+    # 4 train scenes x up to 8 sentences, one sentence per target set per epoch, 8 per step
+    steps = done["global_step"]
+    info = json.loads((out / "model" / "training.json").read_text())
+    assert info["steps_run"] == steps >= 1 and info["epochs_run"] == 1
+    assert done["best_val_mIoU"] == pytest.approx(info["score"])
+    assert done["cpu_s"] > 0  # the training processes' CPU time is counted
+    table = json.loads((out / "results" / "test_results.json").read_text())
+    assert table[0]["expressions"] > 0
+    assert "Grad strides" not in run.stderr and "sync_dist=True" not in run.stderr
+
+
+def test_training_processes_die_with_the_demo(tmp_path: Path) -> None:
+    """A demo killed with SIGKILL takes its DDP training processes with it (Linux)."""
+    import signal
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux only")
+    code = (
+        "import multiprocessing as mp, time\n"
+        "from entitwist.engine.demo_train import _die_with_parent\n"
+        "def child():\n"
+        "    _die_with_parent()\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('fork').Process(target=child)\n"
+        "    p.start()\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    script = tmp_path / "parent.py"
+    script.write_text(code)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(0.5)  # let the child arm the signal
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        return "\nState:\tZ" not in state  # a zombie has died
+
+    assert alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)
+
+
 @pytest.mark.parametrize(
     "bad, words",
     [
@@ -238,6 +311,9 @@ def test_demo_on_a_read_only_jsonl_folder(demo_run: dict, tmp_path: Path, capsys
         (["--warmup-steps", "-1"], "--warmup-steps -1"),
         (["--dice-weight", "-1"], "--dice-weight -1"),
         (["--grad-clip", "-1"], "--grad-clip -1"),
+        (["--devices", "0"], "--devices 0"),
+        (["--batch-size", "6", "--devices", "4"], "not a multiple of --devices 4"),
+        (["--workers", "-1"], "--workers -1"),
     ],
 )
 def test_demo_bad_options(bad: list[str], words: str, tmp_path: Path, capsys) -> None:

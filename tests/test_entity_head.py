@@ -13,9 +13,9 @@ from entitwist.models.entity_head import (
     POSITION_SOFTNESS,
     EntityHead,
     comparison_features,
+    dilate3x3,
     entity_geometry,
     entity_logit_map,
-    dilate3x3,
     fragment_groups,
 )
 from entitwist.models.loss import entity_selection_loss, entity_selection_targets

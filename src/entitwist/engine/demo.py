@@ -23,7 +23,10 @@ Steps (each shows progress; a rerun skips the finished ones, ``--fresh`` redoes 
    installed; else ``entitwist_tiny``), with a checkpoint per epoch chosen on the
    validation split (never the test split); an interrupted run resumes from its last
    checkpoint; the best-on-validation weights are exported as a ``save_pretrained`` folder,
-   ``<out>/model`` (what ``entitwist segment`` and the web page use);
+   ``<out>/model`` (what ``entitwist segment`` and the web page use). On a machine with
+   two cores it trains in two processes (Lightning DDP, ``--devices``), each with half of
+   every batch: the tiny model's small operations do not share one process's work well
+   between threads, while two processes keep both cores busy;
 4. **test**: the metrics of the test split under both protocols, printed in the paper's
    columns and written to ``<out>/results/test_results.json`` / ``.csv``, plus the
    *sentence-swap test*: each test sentence replaced by another sentence of the same image
