@@ -143,7 +143,7 @@ def test_demo_rerun_skips_finished_steps(demo_run: dict, capsys: pytest.CaptureF
 
     args = type("A", (), {})()
     for key, value in (
-        ("data", None), ("size", 64), ("epochs", 1), ("batch_size", 8), ("lr", 3e-3),
+        ("data", None), ("size", 64), ("epochs", 1), ("batch_size", 8), ("devices", 1), ("lr", 3e-3),
         ("warmup_steps", 100), ("dice_weight", 1.0), ("grad_clip", 1.0), ("seed", 0),
         ("train_text", False), ("scenes", 6), ("object_scale", 2.5), ("density", 0.3),
     ):  # fmt: skip
@@ -232,7 +232,8 @@ def test_demo_trains_in_two_processes(tmp_path: Path) -> None:
     import sys
 
     out = tmp_path / "out"
-    argv = [a for a in TINY if a not in ("--devices", "1")] + ["--devices", "2", "--workers", "0"]
+    assert TINY[-2:] == ["--devices", "1"]
+    argv = [*TINY[:-2], "--devices", "2", "--workers", "0"]
     run = subprocess.run(
         [sys.executable, "-m", "entitwist.cli", "demo", "--out", str(out), *argv],
         capture_output=True,
@@ -251,8 +252,8 @@ def test_demo_trains_in_two_processes(tmp_path: Path) -> None:
     assert info["steps_run"] == steps >= 1 and info["epochs_run"] == 1
     assert done["best_val_mIoU"] == pytest.approx(info["score"])
     assert done["cpu_s"] > 0  # the training processes' CPU time is counted
-    table = json.loads((out / "results" / "test_results.json").read_text())
-    assert table[0]["expressions"] > 0
+    rows = json.loads((out / "results" / "test_results.json").read_text())["results"]
+    assert [r["protocol"] for r in rows] == ["lavt", "original"] and rows[0]["expressions"] > 0
     assert "Grad strides" not in run.stderr and "sync_dist=True" not in run.stderr
 
 

@@ -115,6 +115,8 @@ def test_area_cache_equals_direct_maps_and_counts_once(monkeypatch: pytest.Monke
     assert calls == [(32, 32), (12, 12)]
     # 96 px: 3x3-pixel cells at 32, so the pooled 16x16 map equals the counted one only up
     # to float rounding
+    none = EntityAreaCache(torch.zeros(2, 64, 64, dtype=torch.long), 0)  # K = 0: empty maps
+    assert none((16, 16)).shape == (2, 0, 16, 16) and none((8, 8)).shape == (2, 0, 8, 8)
     odd = EntityAreaCache(labels[:, :96, :96], 8)
     odd((32, 32))
     torch.testing.assert_close(odd((16, 16)), counted(labels[:, :96, :96], 8, (16, 16)))

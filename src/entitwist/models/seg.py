@@ -122,7 +122,7 @@ class EntityAreaCache:
         if found is not None:
             return found
         sources = [hw for hw in self._maps if hw[0] % h == 0 and hw[1] % w == 0]
-        if h >= 1 and w >= 1 and sources:
+        if h >= 1 and w >= 1 and sources and self._maps[min(sources)].numel():
             sh, sw = min(sources)  # the coarsest finer map: fewest cells to pool
             ky, kx = sh // h, sw // w
             area = F.avg_pool2d(self._maps[(sh, sw)], (ky, kx))
