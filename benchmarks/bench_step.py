@@ -34,9 +34,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     a = p.parse_args()
     torch.set_num_threads(1)
-    from entitwist.engine.module import EntiTwistModule
-    from entitwist.engine.optim import build_optimizer
     from entitwist.models.loss import entity_selection_loss, referring_loss
+    from entitwist.train.module import EntiTwistModule
+    from entitwist.train.optim import build_optimizer
 
     maps = sorted((Path(a.root) / "entities").rglob("*.png"))[:8]
     if len(maps) < 8:

@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from entitwist.models.enti_twistnet import EntiTwistNet  # noqa: E402
-from entitwist.registry import get_config  # noqa: E402
+from entitwist.models.registry import get_config  # noqa: E402
 
 VARIANTS = {
     "full (SEG + DAT)": {},

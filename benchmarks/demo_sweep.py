@@ -73,11 +73,11 @@ def main() -> None:
     a = _args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    from entitwist.engine.datamodule import ReferringDataModule
-    from entitwist.engine.module import EntiTwistModule
-    from entitwist.engine.optim import build_optimizer, poly_factor
     from entitwist.metrics import intersection_union
     from entitwist.models.loss import entity_selection_loss, referring_loss
+    from entitwist.train.datamodule import ReferringDataModule
+    from entitwist.train.module import EntiTwistModule
+    from entitwist.train.optim import build_optimizer, poly_factor
 
     overrides = {"img_size": a.size, **json.loads(a.overrides)}
     extra = {} if a.entity_loss_weight is None else {"entity_loss_weight": a.entity_loss_weight}

@@ -131,7 +131,9 @@ def test_bad_config_fails_before_any_work(scenes, tmp_path, capsys, extra, needl
     out = tmp_path / "run"
     argv = ["fit", "--config", CONFIG, "--data.root", str(scenes)]
     argv += ["--trainer.default_root_dir", str(out), *extra]
-    with mock.patch("entitwist.registry.create_model", side_effect=AssertionError("built a model")):
+    with mock.patch(
+        "entitwist.models.registry.create_model", side_effect=AssertionError("built a model")
+    ):
         rc = run(argv)
     err = capsys.readouterr().err.strip()
     assert rc == 2

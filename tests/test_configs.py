@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from entitwist.engine.cli import EntiTwistCLI, check_config
-from entitwist.registry import get_config
+from entitwist.models.registry import get_config
+from entitwist.train.cli import EntiTwistCLI, check_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAPER = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "synthetic_tiny.yaml")

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from entitwist.cli import main as cli_main
-from entitwist.engine.demo import DATA_GENERATOR, GENERATOR, default_model_name, swap_partners
+from entitwist.demo.cli import DATA_GENERATOR, GENERATOR, default_model_name, swap_partners
 from entitwist.metrics import metric_names
 
 TINY = ["--scenes", "6", "--size", "64", "--epochs", "1", "--model", "entitwist_tiny"]
@@ -72,7 +72,7 @@ def test_demo_writes_results_table(demo_run: dict) -> None:
     assert summary["settings"]["model"] == "entitwist_tiny"
     assert summary["train"]["selected_on"] == "val"
     # the recipe's defaults reach the scenes, the module and the trainer
-    from entitwist.engine.demo import DEFAULTS
+    from entitwist.demo.cli import DEFAULTS
 
     settings = summary["settings"]
     for key in ("density", "object_scale", "warmup_steps", "dice_weight", "grad_clip", "lr"):
@@ -139,7 +139,7 @@ def test_demo_rerun_skips_finished_steps(demo_run: dict, capsys: pytest.CaptureF
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--fresh" in err[0]
     # a finished run made with other entity maps or another model config is not reused
-    from entitwist.engine.demo_train import _run_settings
+    from entitwist.demo.training import run_settings
 
     args = type("A", (), {})()
     for key, value in (
@@ -149,12 +149,12 @@ def test_demo_rerun_skips_finished_steps(demo_run: dict, capsys: pytest.CaptureF
     ):  # fmt: skip
         setattr(args, key, value)
     store = out / "scenes" / "entities" / GENERATOR
-    mine = _run_settings(args, "entitwist_tiny", out / "scenes", store)
+    mine = run_settings(args, "entitwist_tiny", out / "scenes", store)
     assert mine["entities"] == GENERATOR
-    assert _run_settings(args, "entitwist_tiny", out / "scenes", store.parent / "slic") != mine
+    assert run_settings(args, "entitwist_tiny", out / "scenes", store.parent / "slic") != mine
     args.size = 96
     assert (
-        _run_settings(args, "entitwist_tiny", out / "scenes", store)["model_config"]
+        run_settings(args, "entitwist_tiny", out / "scenes", store)["model_config"]
         != (mine["model_config"])
     )
 
@@ -267,9 +267,9 @@ def test_training_processes_die_with_the_demo(tmp_path: Path) -> None:
         pytest.skip("PR_SET_PDEATHSIG is Linux only")
     code = (
         "import multiprocessing as mp, time\n"
-        "from entitwist.engine.demo_train import _die_with_parent\n"
+        "from entitwist.demo.training import die_with_parent\n"
         "def child():\n"
-        "    _die_with_parent()\n"
+        "    die_with_parent()\n"
         "    time.sleep(120)\n"
         "if __name__ == '__main__':\n"
         "    p = mp.get_context('fork').Process(target=child)\n"
@@ -367,7 +367,7 @@ def test_per_type_scores_combine_to_the_overall_miou() -> None:
     """An empty target with an empty prediction scores 0, as in ReferringMetrics."""
     from types import SimpleNamespace
 
-    from entitwist.engine.demo_eval import _per_type
+    from entitwist.demo.evaluation import scores_by_type
     from entitwist.metrics import ReferringMetrics
 
     def logits(mask: torch.Tensor) -> torch.Tensor:  # (2, H, W) whose argmax is mask
@@ -381,7 +381,7 @@ def test_per_type_scores_combine_to_the_overall_miou() -> None:
     records = [SimpleNamespace(extra={"expression_type": t}) for t, _, _ in cases]
     preds = [logits(p) for _, p, _ in cases]
     targets = [(t, t) for _, _, t in cases]
-    per = _per_type(records, preds, targets)
+    per = scores_by_type(records, preds, targets)
     assert per == {"a": {"mIoU": 75.0, "n": 2}, "b": {"mIoU": 25.0, "n": 2}}
     metric = ReferringMetrics()
     metric.update(torch.stack([p for _, p, _ in cases]), torch.stack([t for _, _, t in cases]))

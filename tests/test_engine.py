@@ -11,22 +11,22 @@ import pytest
 import torch
 from torch import nn
 
-from entitwist.engine.datamodule import (
+from entitwist.errors import CheckpointError, ConfigError, DataError
+from entitwist.train.datamodule import (
     ReferringDataModule,
     ResumableSampler,
     ShardSampler,
     check_data_args,
     select_entity_store,
 )
-from entitwist.engine.module import (
+from entitwist.train.module import (
     EntiTwistModule,
     ExportBestCallback,
     NonFiniteLossError,
     load_checkpoint,
     model_from_checkpoint,
 )
-from entitwist.engine.optim import build_optimizer, build_poly_scheduler, param_groups, poly_factor
-from entitwist.errors import CheckpointError, ConfigError, DataError
+from entitwist.train.optim import build_optimizer, build_poly_scheduler, param_groups, poly_factor
 
 
 class _Block(nn.Module):
@@ -323,7 +323,7 @@ def test_bad_data_settings_are_one_line_errors(tmp_path):
 
 
 def test_train_api_fits_and_tests_on_the_best_checkpoint(scenes, tmp_path):
-    from entitwist.engine import train
+    from entitwist.train import train
 
     result = train(
         {

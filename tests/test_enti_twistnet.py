@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from entitwist.errors import CheckpointError, InputError
 from entitwist.models import enti_twistnet as net_mod
 from entitwist.models.enti_twistnet import EntiTwistNet
-from entitwist.registry import create_model
+from entitwist.models.registry import create_model
 
 S = 64  # input side for the tests (stage maps 16, 8, 4, 2)
 

@@ -19,8 +19,8 @@ from entitwist.models.entity_head import (
     fragment_groups,
 )
 from entitwist.models.loss import entity_selection_loss, entity_selection_targets
+from entitwist.models.registry import create_model, get_config
 from entitwist.models.seg import entity_area_maps
-from entitwist.registry import create_model, get_config
 
 
 # ---------------------------------------------------------------- geometry
@@ -337,8 +337,8 @@ def test_training_step_adds_the_weighted_selection_loss(
 ) -> None:
     from types import SimpleNamespace
 
-    from entitwist.engine.module import EntiTwistModule
     from entitwist.models.loss import referring_loss
+    from entitwist.train.module import EntiTwistModule
 
     torch.manual_seed(0)
     module = EntiTwistModule(
@@ -368,7 +368,7 @@ def test_training_step_adds_the_weighted_selection_loss(
 
 
 def test_negative_entity_loss_weight_is_refused() -> None:
-    from entitwist.engine.module import EntiTwistModule
+    from entitwist.train.module import EntiTwistModule
 
     with pytest.raises(ConfigError, match="entity_loss_weight"):
         EntiTwistModule("entitwist_tiny", pretrained=False, entity_loss_weight=-1.0)

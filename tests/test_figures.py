@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from entitwist.cli import main as cli
-from entitwist.engine.figures import (
+from entitwist.errors import ConfigError, InputError
+from entitwist.evaluation.figures import (
     dat_pca,
     feature_map,
     ksweep_points,
@@ -30,7 +31,6 @@ from entitwist.engine.figures import (
     stage_maps,
     thresholds,
 )
-from entitwist.errors import ConfigError, InputError
 from entitwist.metrics import summarize
 
 SENTENCE = "the building next to the river"
@@ -169,7 +169,7 @@ def test_dat_pca_numbers():
 
 # ------------------------------------------------------------------------------ results files
 def _write_results(path: Path, ious: np.ndarray | None, **row_extra) -> dict:
-    from entitwist.engine.report import make_rows, write_reports
+    from entitwist.evaluation.tables import make_rows, write_reports
 
     union = np.full(len(ious), 1000) if ious is not None else np.full(4, 1000)
     inter = np.round((ious if ious is not None else np.array([0.55, 0.72, 0.91, 0.3])) * 1000)
@@ -237,7 +237,7 @@ def test_prx_command_plots_values_from_ious(tmp_path, capsys):
 
 def test_prx_command_scores_a_checkpoint(world, tmp_path, capsys):
     from entitwist.data import ReferringTransform, load_dataset
-    from entitwist.engine.evaluate import evaluate, load_model
+    from entitwist.evaluation.evaluate import evaluate, load_model
 
     out = tmp_path / "prx.png"
     rc = cli(
@@ -320,7 +320,7 @@ def test_ksweep_reads_miou_and_sizes(tmp_path, capsys):
 # ------------------------------------------------------------------------------ model figures
 def test_stages_command_and_maps(world, tmp_path, capsys):
     from entitwist.data.io import read_image
-    from entitwist.engine.evaluate import load_model
+    from entitwist.evaluation.evaluate import load_model
 
     model = load_model(world["full"])
     small, out = run_single(model, read_image(world["image"]), SENTENCE, "auto", "cpu")
@@ -362,7 +362,7 @@ def test_stages_command_and_maps(world, tmp_path, capsys):
 
 def test_pca_command_prints_the_plotted_distances(world, tmp_path, capsys):
     from entitwist.data.io import read_image
-    from entitwist.engine.evaluate import load_model
+    from entitwist.evaluation.evaluate import load_model
 
     png = tmp_path / "pca.png"
     rc = cli(
@@ -399,7 +399,7 @@ def test_pca_command_prints_the_plotted_distances(world, tmp_path, capsys):
 
 def test_overlays_command(world, tmp_path, capsys):
     from entitwist.data import ReferringTransform, load_dataset
-    from entitwist.engine.evaluate import evaluate, load_model
+    from entitwist.evaluation.evaluate import evaluate, load_model
 
     out = tmp_path / "ov"
     rc = cli(

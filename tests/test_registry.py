@@ -1,4 +1,4 @@
-"""Tests for entitwist.registry: named variants, offline building, `entitwist models`."""
+"""Tests for entitwist.models.registry: named variants, offline building, `entitwist models`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 import entitwist
 from entitwist.errors import ConfigError
-from entitwist.registry import create_model, get_config, list_models, main
+from entitwist.models.registry import create_model, get_config, list_models, main
 
 
 def test_names() -> None:

@@ -11,8 +11,8 @@ import torch
 from entitwist.config import TextConfig
 from entitwist.errors import ConfigError, InputError
 from entitwist.models import text as text_mod
+from entitwist.models.registry import TINY_BERT
 from entitwist.models.text import TINY_VOCAB, TextEncoder, Tokenizer, build_tokenizer, read_vocab
-from entitwist.registry import TINY_BERT
 
 TINY_TEXT = TextConfig(
     kind="bert", pretrained=None, hf_config=dict(TINY_BERT), vocab="tiny", max_tokens=20

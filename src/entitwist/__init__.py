@@ -2,7 +2,7 @@
 
 Public entry points (imported lazily, so ``import entitwist`` stays cheap):
 
-- :func:`create_model`, :func:`list_models` (``entitwist.registry``)
+- :func:`create_model`, :func:`list_models` (``entitwist.models.registry``)
 - :class:`EntiTwistNet` (``entitwist.models.enti_twistnet``)
 - :class:`ModelConfig` (``entitwist.config``)
 - :class:`Predictor` (``entitwist.inference.predictor``)
@@ -16,8 +16,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "create_model": "entitwist.registry",
-    "list_models": "entitwist.registry",
+    "create_model": "entitwist.models.registry",
+    "list_models": "entitwist.models.registry",
     "EntiTwistNet": "entitwist.models.enti_twistnet",
     "ModelConfig": "entitwist.config",
     "Predictor": "entitwist.inference.predictor",

@@ -13,21 +13,24 @@ import sys
 
 # name -> (module, help line)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "fit": ("entitwist.engine.cli", "train a model (LightningCLI; --config configs/*.yaml)"),
-    "validate": ("entitwist.engine.cli", "evaluate on the validation split"),
-    "test": ("entitwist.engine.cli", "evaluate on the test split"),
-    "predict": ("entitwist.engine.cli", "write predicted masks for a split"),
+    "fit": ("entitwist.train.cli", "train a model (LightningCLI; --config configs/*.yaml)"),
+    "validate": ("entitwist.train.cli", "evaluate on the validation split"),
+    "test": ("entitwist.train.cli", "evaluate on the test split"),
+    "predict": ("entitwist.train.cli", "write predicted masks for a split"),
     "evaluate": (
-        "entitwist.engine.evaluate",
+        "entitwist.evaluation.evaluate",
         "score a checkpoint on a dataset split (table, JSON, CSV)",
     ),
-    "figures": ("entitwist.engine.figures", "overlays, Pr@X curve, K sweep, stage maps, DAT PCA"),
-    "demo": ("entitwist.engine.demo", "offline demo: synthetic scenes, entities, train, evaluate"),
+    "figures": (
+        "entitwist.evaluation.figures",
+        "overlays, Pr@X curve, K sweep, stage maps, DAT PCA",
+    ),
+    "demo": ("entitwist.demo.cli", "offline demo: synthetic scenes, entities, train, evaluate"),
     "synth": ("entitwist.data.synthetic", "generate synthetic referring scenes (JSONL folder)"),
     "entities": ("entitwist.entities.cli", "compute entity label maps (weight-free or SAM)"),
     "segment": ("entitwist.inference.cli", "segment an image or GeoTIFF from a sentence"),
     "app": ("entitwist.app.server", "start the local web page"),
-    "models": ("entitwist.registry", "list the registered model names"),
+    "models": ("entitwist.models.registry", "list the registered model names"),
 }
 
 
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(SUBCOMMANDS[name][0])
     try:
         # LightningCLI subcommands need their own name; the others receive only their options.
-        rc = module.main(argv if module.__name__ == "entitwist.engine.cli" else argv[1:])
+        rc = module.main(argv if module.__name__ == "entitwist.train.cli" else argv[1:])
     except EntitwistError as exc:
         print(f"entitwist: error: {exc}", file=sys.stderr)
         return 2

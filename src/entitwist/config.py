@@ -3,7 +3,7 @@
 A :class:`ModelConfig` describes a network completely: building a model from the same
 config gives the same architecture, with no network access (the text encoder's
 transformers config travels inside :class:`TextConfig`). Named variants in
-:mod:`entitwist.registry` are just ``ModelConfig`` values; every ablation of the paper is a
+:mod:`entitwist.models.registry` are just ``ModelConfig`` values; every ablation of the paper is a
 field here, never a copied module.
 """
 

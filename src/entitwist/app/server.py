@@ -133,7 +133,7 @@ def write_examples(folder: str | os.PathLike, n: int = 3, size: int = 256) -> li
 
     The scenes and sentences are :func:`generate_scene` / :func:`generate_expressions` with
     fixed seeds, so the page's examples are the same on every start. They are drawn in the
-    style of the demo's scenes (``entitwist.engine.demo.DEFAULTS``: object scale 2.5,
+    style of the demo's scenes (``entitwist.demo.cli.DEFAULTS``: object scale 2.5,
     density 0.3), which the default model (``make demo``) was trained on.
     """
     import numpy as np

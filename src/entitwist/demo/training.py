@@ -1,9 +1,9 @@
 """Step 3 of ``entitwist demo``: train the tiny model on the CPU and export the best weights.
 
-:func:`_train_step` fits with one checkpoint per epoch chosen on the validation split,
+:func:`train_step` fits with one checkpoint per epoch chosen on the validation split,
 resumes an interrupted run from ``<out>/run/checkpoints/last.ckpt`` (also after ``<out>``
-was moved: :func:`_movable_checkpoint_class`), refuses to mix runs of other settings
-(:func:`_run_settings`), and exports the best-on-validation weights as the
+was moved: :func:`movable_checkpoint_class`), refuses to mix runs of other settings
+(:func:`run_settings`), and exports the best-on-validation weights as the
 ``save_pretrained`` folder ``<out>/model``.
 """
 
@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entitwist.engine.demo_common import _cpu_seconds, _read_json, _say, _write_json
+from entitwist.demo.common import cpu_seconds, read_json, say, write_json
 from entitwist.errors import ConfigError
 
 
 # ------------------------------------------------------------------------------ step 3: train
-def _run_settings(
+def run_settings(
     args: argparse.Namespace, model_name: str, root: Path, store: Path | None = None
 ) -> dict[str, Any]:
     """What a finished or interrupted run must share with this one to be reused.
@@ -31,7 +31,7 @@ def _run_settings(
     """
     return {
         "model": model_name,
-        "model_config": _model_config_digest(args, model_name, store),
+        "model_config": model_config_digest(args, model_name, store),
         "entities": None if store is None else store.name,
         "data": "<out>/scenes" if args.data is None else str(root),  # so <out> may move
         "size": args.size,
@@ -50,35 +50,35 @@ def _run_settings(
     }
 
 
-def _model_overrides(args: argparse.Namespace, store: Path | None) -> dict[str, Any]:
+def model_overrides(args: argparse.Namespace, store: Path | None) -> dict[str, Any]:
     """The demo's changes to the registered model: input size, and the entity generator
     that made the training maps, recorded so that ``entitwist segment`` and the app use the
     same one for ``--entities auto``."""
     overrides: dict[str, Any] = {"img_size": args.size}
-    manifest = None if store is None else _read_json(store / "manifest.json")
+    manifest = None if store is None else read_json(store / "manifest.json")
     if manifest is not None:
         overrides["fusion__entity_generator"] = manifest.get("generator")
         overrides["fusion__entity_params"] = manifest.get("params") or {}
     return overrides
 
 
-def _model_config_digest(args: argparse.Namespace, model_name: str, store: Path | None) -> str:
+def model_config_digest(args: argparse.Namespace, model_name: str, store: Path | None) -> str:
     import hashlib
     import json
 
-    from entitwist.registry import get_config
+    from entitwist.models.registry import get_config
 
-    config = get_config(model_name, pretrained=False, **_model_overrides(args, store))
+    config = get_config(model_name, pretrained=False, **model_overrides(args, store))
     blob = json.dumps(config.to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _build_module(args: argparse.Namespace, model_name: str, store: Path | None = None) -> Any:
-    from entitwist.engine.module import EntiTwistModule
+def build_module(args: argparse.Namespace, model_name: str, store: Path | None = None) -> Any:
+    from entitwist.train.module import EntiTwistModule
 
     module = EntiTwistModule(
         model_name=model_name,
-        model_overrides=_model_overrides(args, store),
+        model_overrides=model_overrides(args, store),
         lr=args.lr,
         pretrained=True,
         warmup_steps=args.warmup_steps,
@@ -94,7 +94,7 @@ def _build_module(args: argparse.Namespace, model_name: str, store: Path | None 
 def _datamodule(
     args: argparse.Namespace, module: Any, root: Path, ann: str | None, store: Path
 ) -> Any:
-    from entitwist.engine.datamodule import ReferringDataModule
+    from entitwist.train.datamodule import ReferringDataModule
 
     options = {"annotations": ann} if ann else {}
     return ReferringDataModule.for_module(
@@ -110,25 +110,25 @@ def _datamodule(
     )
 
 
-def _train_step(
+def train_step(
     args: argparse.Namespace, out: Path, root: Path, ann: str | None, store: Path, model_name: str
 ) -> dict[str, Any]:
     import lightning
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from entitwist.engine.module import ExportBestCallback
+    from entitwist.train.module import ExportBestCallback
 
     run = out / "run"
     model_dir = out / "model"
-    settings = _run_settings(args, model_name, root, store)
+    settings = run_settings(args, model_name, root, store)
     done_file = run / "done.json"
-    done = _read_json(done_file)
+    done = read_json(done_file)
     if done is not None and (model_dir / "config.json").is_file():
         if done.get("settings") != settings:
             raise ConfigError(
                 f"{run} holds a finished run with other settings; rerun with those or pass --fresh"
             )
-        _say(
+        say(
             3,
             "train",
             f"done already: best val mIoU {done['best_val_mIoU']:.2f} at epoch {done['epoch']}, "
@@ -136,28 +136,28 @@ def _train_step(
         )
         return done
     last = run / "checkpoints" / "last.ckpt"
-    started = _read_json(run / "settings.json")
+    started = read_json(run / "settings.json")
     if started is not None and started != settings and last.is_file():
         raise ConfigError(
             f"{run} holds an unfinished run with other settings; rerun with those or pass --fresh"
         )
-    _write_json(run / "settings.json", settings)
+    write_json(run / "settings.json", settings)
 
     lightning.seed_everything(args.seed, workers=True, verbose=False)
-    module = _build_module(args, model_name, store)
+    module = build_module(args, model_name, store)
     data = _datamodule(args, module, root, ann, store)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     total = sum(p.numel() for p in module.parameters())
     resume = last.is_file()
     procs = f", {args.devices} processes (DDP)" if args.devices > 1 else ""
-    _say(
+    say(
         3,
         "train",
         f"{'resuming from ' + str(last) if resume else 'training'} {model_name} at {args.size} px "
         f"on the CPU ({trainable / 1e6:.2f} M of {total / 1e6:.2f} M parameters trained), "
         f"{args.epochs} epochs, batch {args.batch_size}{procs}, lr {args.lr:g}",
     )
-    ckpt = _movable_checkpoint_class(ModelCheckpoint)(
+    ckpt = movable_checkpoint_class(ModelCheckpoint)(
         dirpath=run / "checkpoints",
         monitor="val/mIoU",
         mode="max",
@@ -170,11 +170,11 @@ def _train_step(
     if not args.quiet:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     if args.devices > 1:
-        callbacks.append(_die_with_parent_callback())
+        callbacks.append(die_with_parent_callback())
     trainer = lightning.Trainer(
         accelerator="cpu",
         devices=args.devices,
-        strategy=_cpu_strategy(args.devices),
+        strategy=cpu_strategy(args.devices),
         max_epochs=args.epochs,
         max_time=None if args.max_minutes is None else {"minutes": args.max_minutes},
         deterministic=True,
@@ -188,14 +188,14 @@ def _train_step(
         log_every_n_steps=10,
         gradient_clip_val=args.grad_clip or None,
     )
-    t0, c0 = time.perf_counter(), _cpu_seconds()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     exported = model_dir / "training.json"
     before = exported.stat().st_mtime_ns if exported.is_file() else None
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     info: dict[str, Any] | None = export.info
     if export.exported is None:  # several processes: rank 0 exported; read its record back
         fresh = exported.is_file() and exported.stat().st_mtime_ns != before
-        info = _read_json(exported) if fresh else None
+        info = read_json(exported) if fresh else None
     if info is None:
         raise ConfigError("training ended without exporting a model; see the messages above")
     epochs_run = int(info.get("epochs_run", trainer.current_epoch))
@@ -207,12 +207,12 @@ def _train_step(
         "global_step": int(info.get("steps_run", trainer.global_step)),
         "selected_on": info.get("selected_on"),
         "wall_s": round(time.perf_counter() - t0, 1),
-        "cpu_s": round(_cpu_seconds() - c0, 1),
+        "cpu_s": round(cpu_seconds() - c0, 1),
         "resumed": resume,
         "stopped_by_max_minutes": epochs_run < args.epochs,
     }
-    _write_json(done_file, result)
-    _say(
+    write_json(done_file, result)
+    say(
         3,
         "train",
         f"done in {result['wall_s']:.0f} s wall ({result['cpu_s']:.0f} s CPU); best val mIoU "
@@ -221,7 +221,7 @@ def _train_step(
     return result
 
 
-def _cpu_strategy(devices: int) -> str:
+def cpu_strategy(devices: int) -> str:
     """Lightning's strategy for ``devices`` CPU processes: DDP started by fork where the
     platform has it (no re-import, no pickling of the model), else by spawn."""
     if devices == 1:
@@ -231,7 +231,7 @@ def _cpu_strategy(devices: int) -> str:
     return "ddp_fork" if "fork" in mp.get_all_start_methods() else "ddp_spawn"
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """On Linux, ask the kernel to kill this process when its parent dies (a demo killed with
     SIGKILL must not leave training processes behind that go on writing checkpoints)."""
     import ctypes
@@ -247,8 +247,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def _die_with_parent_callback() -> Any:
-    """A callback that arms :func:`_die_with_parent` in each training process Lightning starts."""
+def die_with_parent_callback() -> Any:
+    """A callback that arms :func:`die_with_parent` in each training process Lightning starts."""
     import multiprocessing as mp
 
     import lightning
@@ -256,12 +256,12 @@ def _die_with_parent_callback() -> Any:
     class DieWithParent(lightning.Callback):
         def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
             if mp.parent_process() is not None:  # a process started by the DDP launcher
-                _die_with_parent()
+                die_with_parent()
 
     return DieWithParent()
 
 
-def _movable_checkpoint_class(base: type) -> type:
+def movable_checkpoint_class(base: type) -> type:
     """``ModelCheckpoint`` whose restored state follows a moved output folder.
 
     Lightning restores the best score and paths only when the checkpoint folder is the

@@ -5,7 +5,7 @@
 - loss: :func:`entitwist.models.loss.referring_loss`; a non-finite loss stops training with
   :class:`NonFiniteLossError` naming the global step and the batch's sample ids;
 - optimiser: AdamW with the no-decay groups and the per-iteration polynomial schedule of
-  :mod:`entitwist.engine.optim`;
+  :mod:`entitwist.train.optim`;
 - validation and test: :class:`~entitwist.metrics.ReferringMetrics` under both protocols,
   logged as ``val/mIoU`` (LAVT protocol, the one checkpoints are selected on) and
   ``val/original/mIoU`` (original resolution), and likewise for ``test``;
@@ -172,7 +172,7 @@ class EntiTwistModule(LightningModule):
 
             self.model = EntiTwistNet.from_pretrained(pretrained_dir)
         else:
-            from entitwist.registry import create_model
+            from entitwist.models.registry import create_model
 
             self.model = create_model(model_name, pretrained=pretrained, **(model_overrides or {}))
         self.lr, self.weight_decay, self.power = float(lr), float(weight_decay), float(power)
@@ -316,7 +316,7 @@ class EntiTwistModule(LightningModule):
         )
 
     def configure_optimizers(self) -> dict[str, Any]:
-        from entitwist.engine.optim import build_optimizer, build_poly_scheduler
+        from entitwist.train.optim import build_optimizer, build_poly_scheduler
 
         optimizer = build_optimizer(self.model, lr=self.lr, weight_decay=self.weight_decay)
         total = self.total_training_steps()

@@ -1,6 +1,6 @@
 """Drawing helpers of ``entitwist figures`` (matplotlib, Agg, no pyplot global state).
 
-Each ``plot_*`` function takes numbers already computed by :mod:`entitwist.engine.figures`
+Each ``plot_*`` function takes numbers already computed by :mod:`entitwist.evaluation.figures`
 and writes one picture atomically with :func:`save_figure`; nothing here computes a
 metric. matplotlib is imported inside the functions (it belongs to the ``train`` extra).
 """
@@ -237,7 +237,7 @@ def plot_stages(
 def plot_pca(result: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
     """Fig. 8: two 3D scatters (before / after DAT), visual blue, textual red.
 
-    ``result``: the dict of :func:`entitwist.engine.figures.dat_pca`.
+    ``result``: the dict of :func:`entitwist.evaluation.figures.dat_pca`.
     """
     fig = new_figure(11, 5.2)
     for i, phase in enumerate(("before", "after")):

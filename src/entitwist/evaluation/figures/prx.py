@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from entitwist.engine.figures.results import PR_COLUMNS
 from entitwist.errors import ConfigError, InputError
+from entitwist.evaluation.figures.results import PR_COLUMNS
 
 __all__ = ["pr_curve", "prx_curve_of", "thresholds"]
 

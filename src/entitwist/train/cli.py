@@ -26,7 +26,7 @@ What this adds to plain LightningCLI:
   mask (original size) per expression into ``<log_dir>/predictions``.
 
 Python use (the same parser, from a dict): :func:`build` returns the CLI object with
-``.model``, ``.datamodule`` and ``.trainer`` built; :func:`entitwist.engine.train` runs
+``.model``, ``.datamodule`` and ``.trainer`` built; :func:`entitwist.train.train` runs
 fit then test.
 """
 
@@ -40,9 +40,9 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from entitwist.engine.datamodule import ReferringDataModule, check_data_args
-from entitwist.engine.module import EntiTwistModule, ExportBestCallback, load_checkpoint
 from entitwist.errors import CheckpointError, ConfigError, EntitwistError
+from entitwist.train.datamodule import ReferringDataModule, check_data_args
+from entitwist.train.module import EntiTwistModule, ExportBestCallback, load_checkpoint
 
 __all__ = ["EntiTwistCLI", "build", "check_config", "main"]
 
@@ -73,7 +73,7 @@ def check_config(cfg: Any, subcommand: str | None = None) -> None:
     ...), the ``save_pretrained`` folder, the dataset name and root, batch sizes, and that
     ``ckpt_path`` (if any) is a checkpoint readable without executing pickled code.
     """
-    from entitwist.registry import get_config
+    from entitwist.models.registry import get_config
 
     pretrained_dir = _get(cfg, "model.init_args.pretrained_dir") or _get(
         cfg, "model.pretrained_dir"
@@ -180,7 +180,7 @@ class EntiTwistCLI(LightningCLI):
 
     # ------------------------------------------------------------------ reports
     def _report(self, stage: str) -> None:
-        from entitwist.engine.report import format_table, make_rows, write_reports
+        from entitwist.evaluation.tables import format_table, make_rows, write_reports
 
         out_dir = Path(
             self.trainer.log_dir or self.trainer.default_root_dir

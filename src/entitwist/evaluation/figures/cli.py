@@ -1,9 +1,9 @@
 """The ``entitwist figures`` command: its parser and one function per figure kind.
 
-The numbers come from the sibling modules (:mod:`~entitwist.engine.figures.prx`,
-:mod:`~entitwist.engine.figures.ksweep`, :mod:`~entitwist.engine.figures.features`,
-:mod:`~entitwist.engine.figures.overlays`), the models are loaded and run by
-:mod:`~entitwist.engine.figures.model`, the drawing is :mod:`entitwist.engine.plots`'s.
+The numbers come from the sibling modules (:mod:`~entitwist.evaluation.figures.prx`,
+:mod:`~entitwist.evaluation.figures.ksweep`, :mod:`~entitwist.evaluation.figures.features`,
+:mod:`~entitwist.evaluation.figures.overlays`), the models are loaded and run by
+:mod:`~entitwist.evaluation.figures.model`, the drawing is :mod:`entitwist.evaluation.plots`'s.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from entitwist.engine.figures.features import dat_pca, stage_maps
-from entitwist.engine.figures.ksweep import ksweep_points
-from entitwist.engine.figures.model import _load_model, describe_model, run_single
-from entitwist.engine.figures.overlays import write_overlays
-from entitwist.engine.figures.prx import prx_curve_of, thresholds
-from entitwist.engine.figures.results import METRIC_KEYS, read_results
 from entitwist.errors import ConfigError, InputError
+from entitwist.evaluation.figures.features import dat_pca, stage_maps
+from entitwist.evaluation.figures.ksweep import ksweep_points
+from entitwist.evaluation.figures.model import _load_model, describe_model, run_single
+from entitwist.evaluation.figures.overlays import write_overlays
+from entitwist.evaluation.figures.prx import prx_curve_of, thresholds
+from entitwist.evaluation.figures.results import METRIC_KEYS, read_results
 
 __all__ = ["build_parser", "main"]
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dataset(args: argparse.Namespace, model: Any) -> Any:
     from entitwist.data import load_dataset
-    from entitwist.engine.datamodule import check_data_args, select_entity_store
+    from entitwist.train.datamodule import check_data_args, select_entity_store
 
     check_data_args(dataset=args.dataset, root=args.root)
     k = model.config.fusion.max_entities
@@ -192,7 +192,7 @@ def _cmd_overlays(args: argparse.Namespace) -> int:
 
 
 def _cmd_prx(args: argparse.Namespace) -> int:
-    from entitwist.engine.plots import check_output, plot_prx
+    from entitwist.evaluation.plots import check_output, plot_prx
 
     check_output(args.out)
     if not args.results and not args.checkpoint:
@@ -209,7 +209,7 @@ def _cmd_prx(args: argparse.Namespace) -> int:
                 "--checkpoint needs --root (and --dataset, --split) to score the model"
             )
         from entitwist.data import ReferringTransform
-        from entitwist.engine.evaluate import evaluate
+        from entitwist.evaluation.evaluate import evaluate
 
         model = _load_model(ckpt)
         raw = _dataset(args, model)
@@ -244,7 +244,7 @@ def _cmd_prx(args: argparse.Namespace) -> int:
 
 
 def _cmd_ksweep(args: argparse.Namespace) -> int:
-    from entitwist.engine.plots import check_output, plot_ksweep
+    from entitwist.evaluation.plots import check_output, plot_ksweep
 
     check_output(args.out)
     series = ksweep_points(
@@ -259,7 +259,7 @@ def _cmd_ksweep(args: argparse.Namespace) -> int:
 
 def _cmd_stages(args: argparse.Namespace) -> int:
     from entitwist.data.io import read_image
-    from entitwist.engine.plots import check_output, plot_stages
+    from entitwist.evaluation.plots import check_output, plot_stages
 
     check_output(args.out)
     if not 0 <= args.blend <= 1:
@@ -288,7 +288,7 @@ def _cmd_stages(args: argparse.Namespace) -> int:
 
 def _cmd_pca(args: argparse.Namespace) -> int:
     from entitwist.data.io import read_image
-    from entitwist.engine.plots import check_output, plot_pca
+    from entitwist.evaluation.plots import check_output, plot_pca
 
     check_output(args.out)
     if args.points < 3:

@@ -37,7 +37,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
         return EntiTwistNet.from_pretrained(path, map_location=map_location)
     if path.is_file():
-        from entitwist.engine.module import model_from_checkpoint
+        from entitwist.train.module import model_from_checkpoint
 
         return model_from_checkpoint(path, map_location=map_location)
     raise CheckpointError(
@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from entitwist.data import ReferringTransform, load_dataset
-    from entitwist.engine.datamodule import check_data_args, select_entity_store
-    from entitwist.engine.report import format_table, make_rows, write_reports
+    from entitwist.evaluation.tables import format_table, make_rows, write_reports
+    from entitwist.train.datamodule import check_data_args, select_entity_store
 
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:

@@ -1,10 +1,10 @@
 """Steps 1 and 2 of ``entitwist demo``: the dataset and its weight-free entity maps.
 
-1. **data** (:func:`_data_step`): synthetic scenes drawn into ``<out>/scenes``, or an
+1. **data** (:func:`data_step`): synthetic scenes drawn into ``<out>/scenes``, or an
    existing JSONL folder given with ``--data``, read in place; when that folder has no
-   validation split, :func:`_external_data` holds out a seeded tenth of its training images
+   validation split, :func:`external_data` holds out a seeded tenth of its training images
    in ``<out>/annotations.jsonl``;
-2. **entities** (:func:`_entities_step`): :data:`GENERATOR` label maps for every synthetic
+2. **entities** (:func:`entities_step`): :data:`GENERATOR` label maps for every synthetic
    image (:data:`DATA_GENERATOR` for a ``--data`` folder of real images), in
    the dataset's own store, or under ``--entities-out`` (default ``<out>/entities``) with
    ``--data``.
@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from entitwist.engine.demo_common import _read_json, _say
+from entitwist.demo.common import read_json, say
 from entitwist.errors import ConfigError, DataError
 
 #: Entity generator of the synthetic scenes: keeps their small vehicles whole (entity-vote
@@ -30,10 +30,10 @@ DATA_GENERATOR = "felzenszwalb"
 
 
 # ------------------------------------------------------------------------------ step 1: data
-def _data_step(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
+def data_step(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
     """Returns (dataset root, absolute annotation file to use or None for the root's own)."""
     if args.data is not None:
-        return _external_data(args, out)
+        return external_data(args, out)
     from entitwist.data.synthetic import write_dataset
 
     root = out / "scenes"
@@ -44,7 +44,7 @@ def _data_step(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
         "object_scale": float(args.object_scale),
         "density": float(args.density),
     }
-    done = _read_json(root / "synth.json")
+    done = read_json(root / "synth.json")
     if done is not None and (root / "annotations.jsonl").is_file():
         have = {k: done.get("params", {}).get(k) for k in params}
         if have != params:
@@ -52,13 +52,13 @@ def _data_step(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
                 f"{root} holds scenes made with other settings ({have}); rerun with those "
                 "or pass --fresh"
             )
-        _say(
+        say(
             1,
             "data",
             f"done already: {done['samples']} expressions on {done['scenes']} scenes in {root} (skipped)",
         )
         return root, None
-    _say(1, "data", f"drawing {args.scenes} synthetic scenes of {args.size} px into {root}")
+    say(1, "data", f"drawing {args.scenes} synthetic scenes of {args.size} px into {root}")
     summary = write_dataset(
         root,
         args.scenes,
@@ -71,7 +71,7 @@ def _data_step(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
         workers=max(1, min(2, os.cpu_count() or 1)),  # scenes are independent: use both cores
     )
     splits = ", ".join(f"{k} {v}" for k, v in sorted(summary["splits"].items()))
-    _say(
+    say(
         1,
         "data",
         f"wrote {summary['samples']} expressions ({splits}) in {summary['seconds']:.0f} s",
@@ -79,7 +79,7 @@ def _data_step(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
     return root, None
 
 
-def _external_data(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
+def external_data(args: argparse.Namespace, out: Path) -> tuple[Path, str | None]:
     """An existing JSONL folder; carve a validation split from train images if it has none."""
     import numpy as np
 
@@ -97,7 +97,7 @@ def _external_data(args: argparse.Namespace, out: Path) -> tuple[Path, str | Non
             "trains on 'train' and reports 'test'"
         )
     if "val" in splits:
-        _say(1, "data", f"using {root} in place (train/val/test splits as given)")
+        say(1, "data", f"using {root} in place (train/val/test splits as given)")
         return root, None
     images = sorted({str(x["image"]) for x in lines if x.get("split") == "train"})
     n_val = max(1, round(0.1 * len(images)))
@@ -119,7 +119,7 @@ def _external_data(args: argparse.Namespace, out: Path) -> tuple[Path, str | Non
         with atomic_path(ann) as tmp:
             tmp.write_text(text)
     n_val_expr = sum(x["split"] == "val" for x in lines)
-    _say(
+    say(
         1,
         "data",
         f"using {root} in place; it has no val split, so {n_val} of its {len(images)} training "
@@ -129,7 +129,7 @@ def _external_data(args: argparse.Namespace, out: Path) -> tuple[Path, str | Non
 
 
 # ------------------------------------------------------------------------------ step 2: entities
-def _entities_step(args: argparse.Namespace, out: Path, root: Path) -> Path:
+def entities_step(args: argparse.Namespace, out: Path, root: Path) -> Path:
     """Compute (or find) the weight-free entity maps; returns the store folder."""
     from entitwist.entities.cli import list_images
     from entitwist.entities.cli import main as entities_main
@@ -146,9 +146,9 @@ def _entities_step(args: argparse.Namespace, out: Path, root: Path) -> Path:
     if (store_dir / "manifest.json").is_file():
         store = EntityStore(store_dir)
         if all(store.has(k) for k in keys):
-            _say(2, "entities", f"done already: {len(keys)} maps in {store_dir} (skipped)")
+            say(2, "entities", f"done already: {len(keys)} maps in {store_dir} (skipped)")
             return store_dir
-    _say(2, "entities", f"weight-free {name} label maps for {len(keys)} images -> {store_dir}")
+    say(2, "entities", f"weight-free {name} label maps for {len(keys)} images -> {store_dir}")
     workers = max(1, min(2, os.cpu_count() or 1))  # the graph merge is Python: use both cores
     argv = [str(root), "--dataset", "jsonl", "--generator", name, "--workers", str(workers)]
     if store_root is not None:

@@ -37,10 +37,10 @@ Steps (each shows progress; a rerun skips the finished ones, ``--fresh`` redoes 
    for the swapped sentence) in ``<out>/overlays``.
 
 Where the code lives: this module holds the command (:data:`DEFAULTS`, :func:`build_parser`,
-:func:`main`); the steps are in :mod:`~entitwist.engine.demo_data` (1, 2),
-:mod:`~entitwist.engine.demo_train` (3) and :mod:`~entitwist.engine.demo_eval` (4, 5, with
+:func:`main`); the steps are in :mod:`~entitwist.demo.data` (1, 2),
+:mod:`~entitwist.demo.training` (3) and :mod:`~entitwist.demo.evaluation` (4, 5, with
 :func:`swap_partners`), their progress line and JSON records in
-:mod:`~entitwist.engine.demo_common`.
+:mod:`~entitwist.demo.common`.
 """
 
 from __future__ import annotations
@@ -52,13 +52,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entitwist.engine.demo_common import STEPS as STEPS
-from entitwist.engine.demo_common import _cpu_seconds, _write_json
-from entitwist.engine.demo_data import DATA_GENERATOR as DATA_GENERATOR
-from entitwist.engine.demo_data import GENERATOR as GENERATOR
-from entitwist.engine.demo_data import _data_step, _entities_step
-from entitwist.engine.demo_eval import _overlays_step, _test_step, swap_partners
-from entitwist.engine.demo_train import _train_step
+from entitwist.demo.common import STEPS as STEPS
+from entitwist.demo.common import cpu_seconds, write_json
+from entitwist.demo.data import DATA_GENERATOR as DATA_GENERATOR
+from entitwist.demo.data import GENERATOR as GENERATOR
+from entitwist.demo.data import data_step, entities_step
+from entitwist.demo.evaluation import overlays_step, swap_partners, test_step
+from entitwist.demo.training import train_step
 from entitwist.errors import ConfigError, DataError
 from entitwist.utils.atomic import remove_entries
 
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is None:  # a spare core reads the batches beside the training threads
         args.workers = 1 if cores > args.devices else 0
     model_name = default_model_name() if args.model == "auto" else args.model
-    from entitwist.registry import get_config
+    from entitwist.models.registry import get_config
 
     get_config(model_name, pretrained=False)  # unknown name / missing package: one line
     out = Path(args.out)
@@ -323,18 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     # DDP: 1x1 convolution weights get gradients with other (equivalent) strides of their
     # size-1 dimensions; DDP copies them into its buckets, which costs nothing measurable
     warnings.filterwarnings("ignore", message=".*Grad strides do not match bucket view strides.*")
-    t0, c0 = time.perf_counter(), _cpu_seconds()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     print(
         f"entitwist demo: model {model_name}, output {out.resolve()}, {threads} CPU thread(s)",
         flush=True,
     )
-    root, ann = _data_step(args, out)
-    store = _entities_step(args, out, root)
-    train = _train_step(args, out, root, ann, store, model_name)
-    summary = _test_step(args, out, root, ann, store, model_name)
-    overlays = _overlays_step(args, out, summary)
-    wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-    _write_json(
+    root, ann = data_step(args, out)
+    store = entities_step(args, out, root)
+    train = train_step(args, out, root, ann, store, model_name)
+    summary = test_step(args, out, root, ann, store, model_name)
+    overlays = overlays_step(args, out, summary)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    write_json(
         out / "demo.json",
         {
             "model": model_name,

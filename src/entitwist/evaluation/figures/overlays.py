@@ -85,7 +85,7 @@ def write_overlays(
     ``panels`` (paths), ``grid`` (path), ``json`` (path) and ``items`` (see
     :func:`overlay_items`).
     """
-    from entitwist.engine.plots import plot_overlay_grid, plot_overlay_panel
+    from entitwist.evaluation.plots import plot_overlay_grid, plot_overlay_panel
     from entitwist.utils import atomic_path
 
     if not indices:

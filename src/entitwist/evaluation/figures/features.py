@@ -1,7 +1,7 @@
 """The numbers of the feature figures: stage maps (Fig. 5) and the DAT PCA (Fig. 8).
 
 Both start from one image's intermediate features (``stages`` of a forward pass with
-``return_intermediates=True``, see :func:`entitwist.engine.figures.model.run_single`):
+``return_intermediates=True``, see :func:`entitwist.evaluation.figures.model.run_single`):
 :func:`stage_maps` reduces each stage's F^out to one map, :func:`dat_pca` projects the
 visual and textual halves of the tri-modal cube before and after DAT with one PCA.
 """

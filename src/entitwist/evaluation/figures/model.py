@@ -15,7 +15,7 @@ __all__ = ["describe_model", "run_single"]
 
 
 def _load_model(path: str | os.PathLike) -> Any:
-    from entitwist.engine.evaluate import load_model
+    from entitwist.evaluation.evaluate import load_model
 
     p = Path(path)
     if not p.exists():

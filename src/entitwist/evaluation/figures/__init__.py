@@ -38,31 +38,31 @@ What each figure shows, and where its numbers come from:
 
 Where the code lives (every name below is importable from here, as before):
 
-- :mod:`~entitwist.engine.figures.results`: reading results JSONs and per-sample CSVs;
-- :mod:`~entitwist.engine.figures.prx`: the Pr@X numbers;
-- :mod:`~entitwist.engine.figures.ksweep`: the K-sweep numbers;
-- :mod:`~entitwist.engine.figures.features`: stage maps and the DAT PCA (with :func:`pca`);
-- :mod:`~entitwist.engine.figures.model`: loading a model, running it on one image;
-- :mod:`~entitwist.engine.figures.overlays`: the overlay predictions and pictures;
-- :mod:`~entitwist.engine.figures.cli`: the command (:func:`build_parser`, :func:`main`).
+- :mod:`~entitwist.evaluation.figures.results`: reading results JSONs and per-sample CSVs;
+- :mod:`~entitwist.evaluation.figures.prx`: the Pr@X numbers;
+- :mod:`~entitwist.evaluation.figures.ksweep`: the K-sweep numbers;
+- :mod:`~entitwist.evaluation.figures.features`: stage maps and the DAT PCA (with :func:`pca`);
+- :mod:`~entitwist.evaluation.figures.model`: loading a model, running it on one image;
+- :mod:`~entitwist.evaluation.figures.overlays`: the overlay predictions and pictures;
+- :mod:`~entitwist.evaluation.figures.cli`: the command (:func:`build_parser`, :func:`main`).
 
-The drawing itself is in :mod:`entitwist.engine.plots`.
+The drawing itself is in :mod:`entitwist.evaluation.plots`.
 """
 
 from __future__ import annotations
 
-from entitwist.engine.figures.cli import build_parser as build_parser
-from entitwist.engine.figures.cli import main
-from entitwist.engine.figures.features import dat_pca, feature_map, pca, separation, stage_maps
-from entitwist.engine.figures.ksweep import ksweep_points
-from entitwist.engine.figures.model import describe_model, run_single
-from entitwist.engine.figures.overlays import overlay_items, write_overlays
-from entitwist.engine.figures.prx import pr_curve
-from entitwist.engine.figures.prx import prx_curve_of as prx_curve_of
-from entitwist.engine.figures.prx import thresholds as thresholds
-from entitwist.engine.figures.results import METRIC_KEYS as METRIC_KEYS
-from entitwist.engine.figures.results import PR_COLUMNS as PR_COLUMNS
-from entitwist.engine.figures.results import find_result_files, read_results
+from entitwist.evaluation.figures.cli import build_parser as build_parser
+from entitwist.evaluation.figures.cli import main
+from entitwist.evaluation.figures.features import dat_pca, feature_map, pca, separation, stage_maps
+from entitwist.evaluation.figures.ksweep import ksweep_points
+from entitwist.evaluation.figures.model import describe_model, run_single
+from entitwist.evaluation.figures.overlays import overlay_items, write_overlays
+from entitwist.evaluation.figures.prx import pr_curve
+from entitwist.evaluation.figures.prx import prx_curve_of as prx_curve_of
+from entitwist.evaluation.figures.prx import thresholds as thresholds
+from entitwist.evaluation.figures.results import METRIC_KEYS as METRIC_KEYS
+from entitwist.evaluation.figures.results import PR_COLUMNS as PR_COLUMNS
+from entitwist.evaluation.figures.results import find_result_files, read_results
 
 __all__ = [
     "dat_pca",

@@ -1,7 +1,7 @@
 """Reading the results files behind the Pr@X curve and the K sweep of ``entitwist figures``.
 
 A results file is the JSON that ``entitwist test`` or ``entitwist evaluate`` writes
-(``{"results": [rows]}`` of :mod:`entitwist.engine.report`), or the per-sample CSV that
+(``{"results": [rows]}`` of :mod:`entitwist.evaluation.tables`), or the per-sample CSV that
 ``entitwist evaluate --per-sample`` writes beside it (its ``<protocol>_IoU`` column).
 """
 
@@ -79,7 +79,7 @@ def _read_per_sample_csv(path: Path, protocol: str) -> np.ndarray:
 def read_results(path: str | os.PathLike, protocol: str = "lavt") -> dict[str, Any]:
     """One result for the Pr@X curve.
 
-    ``path``: a results JSON (``{"results": [rows]}`` of :mod:`entitwist.engine.report`)
+    ``path``: a results JSON (``{"results": [rows]}`` of :mod:`entitwist.evaluation.tables`)
     or a per-sample CSV (``<protocol>_IoU`` column). Per-expression IoUs are taken from
     the CSV, from a ``per_sample`` list in the JSON, or from ``<stem>_per_sample.csv``
     beside the JSON. Returns ``row`` (metrics, may be empty for a CSV), ``ious`` ((E,)

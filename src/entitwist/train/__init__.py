@@ -3,7 +3,7 @@
 Command line: ``entitwist fit | validate | test | predict --config configs/<x>.yaml`` and
 ``entitwist evaluate``. From Python, the same YAML-shaped dict::
 
-    from entitwist.engine import train
+    from entitwist.train import train
     result = train({
         "model": {"model_name": "entitwist_tiny", "model_overrides": {"img_size": 64}},
         "data": {"dataset": "jsonl", "root": "scenes/", "batch_size": 4},
@@ -13,8 +13,8 @@ Command line: ``entitwist fit | validate | test | predict --config configs/<x>.y
 
 Or build the parts yourself::
 
-    from entitwist.engine.module import EntiTwistModule
-    from entitwist.engine.datamodule import ReferringDataModule
+    from entitwist.train.module import EntiTwistModule
+    from entitwist.train.datamodule import ReferringDataModule
     module = EntiTwistModule("entitwist_tiny", {"img_size": 64})
     data = ReferringDataModule.for_module(module, dataset="jsonl", root="scenes/")
     trainer = lightning.Trainer(max_epochs=2, use_distributed_sampler=False)
@@ -41,8 +41,8 @@ def train(config: dict[str, Any], *, test: bool = True) -> dict[str, Any]:
     ``save_pretrained`` folder), ``val`` and ``test`` (``{protocol: {metric: value}}``), and
     ``log_dir``.
     """
-    from entitwist.engine.cli import build
-    from entitwist.engine.module import ExportBestCallback
+    from entitwist.train.cli import build
+    from entitwist.train.module import ExportBestCallback
 
     cli = build(config)
     trainer, module, data = cli.trainer, cli.model, cli.datamodule

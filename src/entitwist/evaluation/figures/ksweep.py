@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from entitwist.engine.figures.results import (
+from entitwist.errors import ConfigError, InputError
+from entitwist.evaluation.figures.results import (
     METRIC_KEYS,
     _load_json,
     _metric_rows,
@@ -20,7 +21,6 @@ from entitwist.engine.figures.results import (
     _quiet_json,
     find_result_files,
 )
-from entitwist.errors import ConfigError, InputError
 
 __all__ = ["ksweep_points"]
 

@@ -1,10 +1,10 @@
 """Steps 4 and 5 of ``entitwist demo``: score the exported model on the test split, overlays.
 
-4. **test** (:func:`_test_step`): both protocols' metrics, printed and written to
+4. **test** (:func:`test_step`): both protocols' metrics, printed and written to
    ``<out>/results``, the mIoU by expression type when the annotations carry one, and the
    sentence-swap test: each test sentence replaced by another sentence of the same image
    about a disjoint target (:func:`swap_partners`), scored against the original ground truth;
-5. **overlays** (:func:`_overlays_step`): PNGs of ground truth, prediction and the
+5. **overlays** (:func:`overlays_step`): PNGs of ground truth, prediction and the
    prediction for the swapped sentence in ``<out>/overlays``.
 """
 
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entitwist.engine.demo_common import _say, _write_json
+from entitwist.demo.common import say, write_json
 
 
 # ------------------------------------------------------------------------------ step 4: test
@@ -54,7 +54,7 @@ def swap_partners(records: list[Any], masks: list[Any]) -> list[int | None]:
     return out
 
 
-def _predict_all(
+def predict_all(
     module: Any, dataset: Any, batch_size: int, desc: str, quiet: bool, workers: int = 0
 ) -> tuple[list[Any], list[tuple[Any, Any]]]:
     """Logits (2, S, S) per sample, and its targets: (mask (S, S), mask_orig (H, W))."""
@@ -83,7 +83,7 @@ def _predict_all(
 
 
 def _scores(preds: list[Any], targets: list[tuple[Any, Any]]) -> dict[str, dict[str, float]]:
-    """Both protocols' metrics of ``preds`` against ``targets`` (see :func:`_predict_all`)."""
+    """Both protocols' metrics of ``preds`` against ``targets`` (see :func:`predict_all`)."""
     from entitwist.metrics import ReferringMetrics, upsample_to_original
 
     lavt, original = ReferringMetrics(protocol="lavt"), ReferringMetrics(protocol="original")
@@ -97,15 +97,15 @@ def _scores(preds: list[Any], targets: list[tuple[Any, Any]]) -> dict[str, dict[
     }
 
 
-def _test_step(
+def test_step(
     args: argparse.Namespace, out: Path, root: Path, ann: str | None, store: Path, model_name: str
 ) -> dict[str, Any]:
 
     from entitwist.data import ReferringTransform, load_dataset
     from entitwist.data.base import ReferringDataset
-    from entitwist.engine.module import EntiTwistModule
-    from entitwist.engine.report import format_table, make_rows, write_reports
+    from entitwist.evaluation.tables import format_table, make_rows, write_reports
     from entitwist.metrics import ReferringMetrics
+    from entitwist.train.module import EntiTwistModule
 
     model_dir = out / "model"
     module = EntiTwistModule(pretrained_dir=str(model_dir))
@@ -123,9 +123,9 @@ def _test_step(
         **options,
     )
     n = len(dataset)
-    _say(4, "test", f"scoring {n} test expressions with the exported model ({model_dir})")
+    say(4, "test", f"scoring {n} test expressions with the exported model ({model_dir})")
     t0 = time.perf_counter()
-    preds, targets = _predict_all(module, dataset, 32, "test", args.quiet, args.workers)
+    preds, targets = predict_all(module, dataset, 32, "test", args.quiet, args.workers)
     raw_masks = [t[1].bool().numpy() for t in targets]  # (H, W) each
     results = _scores(preds, targets)
     rows = make_rows(
@@ -163,7 +163,7 @@ def _test_step(
             entity_tag=dataset.entity_tag,
             max_entities=dataset.max_entities,
         )
-        spreds, _ = _predict_all(module, swapped, 32, "swap test", args.quiet, args.workers)
+        spreds, _ = predict_all(module, swapped, 32, "swap test", args.quiet, args.workers)
         swapped_preds = dict(zip(have, spreds))
         for name, subset in (("original", [preds[i] for i in have]), ("swapped", spreds)):
             metric = ReferringMetrics(protocol="lavt")
@@ -191,7 +191,7 @@ def _test_step(
             "sentence-swap test: no test expression has a partner sentence about a disjoint target"
         )
 
-    per_type = _per_type(dataset.records, preds, targets)
+    per_type = scores_by_type(dataset.records, preds, targets)
     if per_type:
         print(
             "test mIoU by expression type: "
@@ -203,9 +203,9 @@ def _test_step(
         "per_type": per_type,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    _write_json(results_dir / "swap_test.json", swap)
-    _write_json(results_dir / "summary.json", summary)
-    _say(4, "test", f"wrote {json_path}, {csv_path} and {results_dir / 'swap_test.json'}")
+    write_json(results_dir / "swap_test.json", swap)
+    write_json(results_dir / "summary.json", summary)
+    say(4, "test", f"wrote {json_path}, {csv_path} and {results_dir / 'swap_test.json'}")
     summary["_preds"] = preds
     summary["_swapped"] = swapped_preds
     summary["_partners"] = partners
@@ -214,7 +214,7 @@ def _test_step(
     return summary
 
 
-def _per_type(
+def scores_by_type(
     records: list[Any], preds: list[Any], targets: list[Any]
 ) -> dict[str, dict[str, float]]:
     """mIoU per expression type (LAVT protocol); I and U from the metrics' counter, and
@@ -234,7 +234,7 @@ def _per_type(
 
 
 # ------------------------------------------------------------------------------ step 5: overlays
-def _overlays_step(args: argparse.Namespace, out: Path, summary: dict[str, Any]) -> list[Path]:
+def overlays_step(args: argparse.Namespace, out: Path, summary: dict[str, Any]) -> list[Path]:
     import numpy as np
     from PIL import Image
 
@@ -300,7 +300,7 @@ def _overlays_step(args: argparse.Namespace, out: Path, summary: dict[str, Any])
         with atomic_path(target) as tmp:
             canvas.save(tmp, format="PNG")
         written.append(target)
-    _say(
+    say(
         5,
         "overlays",
         f"wrote {len(written)} PNGs (ground truth | prediction | swapped sentence) to {folder}",

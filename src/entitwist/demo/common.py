@@ -1,7 +1,7 @@
 """Shared pieces of the ``entitwist demo`` steps: the progress line and the JSON records.
 
-Every step announces itself as ``[step/5] name: text`` (:func:`_say`) and keeps its state in
-small JSON files (:func:`_write_json`, written atomically; :func:`_read_json`, ``None`` when
+Every step announces itself as ``[step/5] name: text`` (:func:`say`) and keeps its state in
+small JSON files (:func:`write_json`, written atomically; :func:`read_json`, ``None`` when
 the file is missing or unreadable), which is how a rerun finds the finished steps.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 STEPS = 5
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     """CPU time of this process and of its finished children (training processes, data
     loader workers, entity workers)."""
     import resource
@@ -24,11 +24,11 @@ def _cpu_seconds() -> float:
     return time.process_time() + kids.ru_utime + kids.ru_stime
 
 
-def _say(step: int, name: str, text: str) -> None:
+def say(step: int, name: str, text: str) -> None:
     print(f"[{step}/{STEPS}] {name}: {text}", flush=True)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     from entitwist.utils import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +36,7 @@ def _write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
