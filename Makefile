@@ -9,16 +9,17 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint format bench browser clean
+.PHONY: venv demo test typecheck lint format bench browser clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch and torchvision pinned together: torchvision does not import beside other torch builds
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[all,dev]"
+	# the exact torch and torchvision this project is tested with (the package itself needs
+	# only torch >= 2.4): constraints.txt pins them together
+	$(PY) -m pip install --quiet -c constraints.txt torch torchvision
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,dev]"
 	touch $(STAMP)
 
 browser:
@@ -27,8 +28,11 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/entitwist demo $(DEMO_ARGS)
 
-test: $(STAMP) browser
+test: $(STAMP) browser typecheck
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -39,4 +43,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
