@@ -75,7 +75,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # --------------------------------------------------------------------------- 1. scan
 def check_scan(device: torch.device, dry: bool) -> dict[str, Any]:
-    from entitwist.ops.selective_scan import HAS_CUDA_KERNEL, selective_scan_fn, selective_scan_ref
+    from entitwist.ops import cuda_kernel_available, selective_scan_fn, selective_scan_ref
 
     torch.manual_seed(0)
     bsz, dim, length, n = (2, 8, 37, 4) if dry else (2, 64, 300, 16)
@@ -130,7 +130,7 @@ def check_scan(device: torch.device, dry: bool) -> dict[str, Any]:
     return {
         "errors": errors,
         "max_rel_error": max(errors.values()),
-        "cuda_kernel": bool(HAS_CUDA_KERNEL and device.type == "cuda"),
+        "cuda_kernel": cuda_kernel_available() and device.type == "cuda",
         "shape": [bsz, dim, length, n],
         "fast_fwd_bwd_s": t_fast,
         "loop_fwd_bwd_s": t_loop,

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import entitwist.ops.selective_scan as ss
+import entitwist.ops._chunked as chunked
 from entitwist.errors import InputError
-from entitwist.ops import HAS_CUDA_KERNEL, selective_scan_fn, selective_scan_ref
+from entitwist.ops import selective_scan_fn, selective_scan_ref
 
 TOL = 1e-5  # norm-based relative error against the float64 sequential reference
 
@@ -51,7 +51,7 @@ def check_against_reference(args, softplus, chunk=None, last_state=True):
     names = [k for k, v in args.items() if v is not None]
     fast_in = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in args.items()}
     ref_in = {k: (v.double().requires_grad_() if v is not None else None) for k, v in args.items()}
-    out, last = ss._selective_scan_chunked(
+    out, last = chunked.selective_scan_chunked(
         **fast_in, delta_softplus=softplus, return_last_state=True, chunk=chunk
     )
     out_ref, last_ref = selective_scan_ref(
@@ -125,25 +125,25 @@ def test_chunk_choice_and_stiff_decays() -> None:
     torch.manual_seed(5)
     A = -torch.arange(1.0, 17.0).repeat(8, 1)  # (D, N), A down to -16 as in Mamba's init
     small = torch.full((2, 8, 300), 0.01)
-    assert ss._choose_chunk(small, A) == 32
-    assert ss._choose_chunk(small * 15, A) == 16  # 32 steps of 2.4 exceed the bound of 60
+    assert chunked.choose_chunk(small, A) == 32
+    assert chunked.choose_chunk(small * 15, A) == 16  # 32 steps of 2.4 exceed the bound of 60
     # Huge steps (|delta A| up to 800 per step) force one-step chunks; still exact and finite.
     args = make_inputs(2, 8, 50, 16, use_bias=False, delta_scale=50.0)
     args["A"] = A
-    assert ss._choose_chunk(args["delta"], A) == 1
+    assert chunked.choose_chunk(args["delta"], A) == 1
     check_against_reference(args, softplus=False)
     # A mix: most channels slow, one channel stiff.
     args = make_inputs(2, 8, 90, 16, use_bias=False, delta_scale=0.02)
     args["A"] = A
     args["delta"][:, 3] *= 500.0
-    assert ss._choose_chunk(args["delta"], A) < 32
+    assert chunked.choose_chunk(args["delta"], A) < 32
     check_against_reference(args, softplus=False)
 
 
 def _scan_of(names: list[str], chunk: int):
     def fn(*tensors):
         kw = dict(zip(names, tensors))
-        return ss._selective_scan_chunked(
+        return chunked.selective_scan_chunked(
             **kw, delta_softplus=True, return_last_state=True, chunk=chunk
         )
 
@@ -212,6 +212,28 @@ def test_dtypes_follow_u() -> None:
     assert selective_scan_fn(**dbl).dtype == torch.float64
 
 
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
+def test_exact_under_autocast(amp_dtype: torch.dtype) -> None:
+    # Mixed-precision training calls the scan inside autocast with float32 inputs: forward,
+    # last state and every gradient (backward also inside the region) keep float32 accuracy.
+    torch.manual_seed(21)
+    args = make_inputs(2, 8, 100, 4, "variable", "grouped", groups=2)
+    with torch.autocast("cpu", dtype=amp_dtype):
+        assert chunked.choose_chunk(0.5 * torch.ones(2, 8, 100), args["A"]) > 1  # matmul path
+        check_against_reference(args, softplus=True)
+        out, last = selective_scan_fn(**args, delta_softplus=True, return_last_state=True)
+    assert out.dtype == torch.float32 and last.dtype == torch.float32
+    ref, last_ref = selective_scan_ref(
+        **{k: v.double() for k, v in args.items()}, delta_softplus=True, return_last_state=True
+    )
+    assert rel_err(out, ref) < TOL and rel_err(last, last_ref) < TOL
+    # half inputs under autocast: output in the input dtype, last state float32
+    half = {k: v.to(amp_dtype) for k, v in args.items()}
+    with torch.autocast("cpu", dtype=amp_dtype):
+        out, last = selective_scan_fn(**half, delta_softplus=True, return_last_state=True)
+    assert out.dtype == amp_dtype and last.dtype == torch.float32
+
+
 def test_signature_is_mamba_ssm() -> None:
     params = inspect.signature(selective_scan_fn).parameters
     assert list(params) == [
@@ -221,15 +243,6 @@ def test_signature_is_mamba_ssm() -> None:
     defaults = [p.default for p in params.values()][5:]
     assert defaults == [None, None, None, False, False]
     assert list(inspect.signature(selective_scan_ref).parameters) == list(params)
-
-
-def test_cuda_kernel_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert isinstance(HAS_CUDA_KERNEL, bool)
-    calls = []
-    monkeypatch.setattr(ss, "_mamba_selective_scan_fn", lambda *a: calls.append(a))
-    args = make_inputs(1, 2, 5, 2)
-    out = selective_scan_fn(**args)  # CPU input: never the CUDA kernel
-    assert calls == [] and out.shape == (1, 2, 5)
 
 
 def test_bad_input() -> None:
