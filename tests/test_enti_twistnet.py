@@ -138,7 +138,8 @@ def test_every_ablation_builds_and_runs(overrides) -> None:
 
 def test_save_and_load_round_trip(tmp_path, model: EntiTwistNet) -> None:
     image, ids, mask, ent = _inputs(model)
-    folder = model.save_pretrained(tmp_path / "ckpt")
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
     assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "tokenizer"}
     saved = json.loads((folder / "config.json").read_text())
     assert saved["name"] == "entitwist_tiny" and saved["text"]["hf_config"]["hidden_size"] == 32
@@ -183,7 +184,8 @@ def test_bad_checkpoints(tmp_path, model: EntiTwistNet) -> None:
     torch.save(model.state_dict(), pickled / "model.pt")
     with pytest.raises(CheckpointError, match="pickled"):
         EntiTwistNet.from_pretrained(pickled)
-    good = model.save_pretrained(tmp_path / "good")
+    good = tmp_path / "good"
+    model.save_pretrained(good)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text((good / "config.json").read_text())

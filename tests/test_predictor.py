@@ -23,9 +23,9 @@ from entitwist.inference.predictor import (
     IMAGENET_STD,
     Prediction,
     Predictor,
-    check_checkpoint_dir,
     resolve_device,
 )
+from entitwist.models.hub import check_checkpoint_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

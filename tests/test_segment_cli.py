@@ -23,7 +23,8 @@ from affine import Affine
 from PIL import Image
 
 from entitwist.cli import main as entitwist_main
-from entitwist.inference.predictor import Predictor, check_checkpoint_dir
+from entitwist.inference.predictor import Predictor
+from entitwist.models.hub import check_checkpoint_dir
 from test_predictor import RedModel
 from test_raster import TRANSFORM, UTM16, write_geotiff
 

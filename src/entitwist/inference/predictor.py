@@ -22,7 +22,6 @@ itself (uint8/int ``(H, W)``, resized nearest); None runs without entities (G = 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,19 +31,15 @@ import torch
 import torch.nn.functional as F
 
 from entitwist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from entitwist.errors import CheckpointError, InputError
+from entitwist.errors import InputError
 
 __all__ = [
     "Prediction",
     "Predictor",
     "resolve_device",
-    "check_checkpoint_dir",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
-
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -88,46 +83,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     elif dev.type not in {"cpu", "cuda", "mps"}:
         raise InputError(f"--device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     return dev
-
-
-def check_checkpoint_dir(path: Path) -> None:
-    """Refuse a checkpoint folder that is missing files or holds pickled weights."""
-    if not path.exists():
-        raise CheckpointError(
-            f"model folder {str(path)!r} does not exist; give a folder written by save_pretrained"
-        )
-    if path.is_file():
-        hint = " (a Lightning .ckpt is for resuming training; export it with save_pretrained)"
-        raise CheckpointError(
-            f"model {str(path)!r} is a file, not a save_pretrained folder{hint if path.suffix == '.ckpt' else ''}"
-        )
-    pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
-    if pickles:
-        raise CheckpointError(
-            f"model folder {str(path)!r} holds pickled weights ({pickles[0]}), which can run code when loaded; "
-            "re-export the model with save_pretrained (safetensors)"
-        )
-    for name in ("config.json", "model.safetensors"):
-        if not (path / name).is_file():
-            raise CheckpointError(
-                f"model folder {str(path)!r} is missing {name}; give a complete save_pretrained folder"
-            )
-
-
-def _resolve_checkpoint(source: str | os.PathLike) -> Path:
-    path = Path(os.path.expanduser(str(source)))
-    if not path.exists() and _HUB_ID.match(str(source)):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(str(source)))
-        except Exception as exc:  # offline, unknown repo, ...
-            raise CheckpointError(
-                f"model {str(source)!r} is not a local folder and could not be fetched from the hub "
-                f"({type(exc).__name__}); give a save_pretrained folder"
-            ) from None
-    check_checkpoint_dir(path)
-    return path
 
 
 def _as_image(image: np.ndarray | str | os.PathLike) -> np.ndarray:
@@ -204,16 +159,24 @@ class Predictor:
 
     @classmethod
     def from_pretrained(
-        cls, source: str | os.PathLike, device: str | torch.device | None = None, **kwargs: Any
+        cls,
+        source: str | os.PathLike,
+        device: str | torch.device | None = None,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        **kwargs: Any,
     ) -> Predictor:
-        """Load a ``save_pretrained`` folder (or a hub id) and wrap it.
+        """Load a ``save_pretrained`` folder, or a hub id (``owner/name`` at ``revision``),
+        with :meth:`EntiTwistNet.from_pretrained` and wrap it; ``kwargs`` go to the
+        constructor.
 
-        Raises :class:`CheckpointError` for a missing folder, missing files or pickled weights.
+        Raises :class:`CheckpointError` for a missing folder, missing files, pickled weights
+        or a hub id that cannot be had (e.g. not cached while ``HF_HUB_OFFLINE=1``).
         """
-        path = _resolve_checkpoint(source)
         from entitwist.models.enti_twistnet import EntiTwistNet
 
-        model = EntiTwistNet.from_pretrained(path)
+        model = EntiTwistNet.from_pretrained(source, revision=revision, cache_dir=cache_dir)
         return cls(model, device=device, **kwargs)
 
     # ------------------------------------------------------------------------------------

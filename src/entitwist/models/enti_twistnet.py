@@ -29,18 +29,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCard, ModelHubMixin
 from torch import Tensor, nn
 
 from entitwist.config import ModelConfig
-from entitwist.errors import CheckpointError, ConfigError, InputError
+from entitwist.errors import ConfigError, InputError
 from entitwist.models.decoder import Decoder
+from entitwist.models.hub import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
 from entitwist.models.text import TextEncoder, Tokenizer, build_tokenizer
 from entitwist.models.visual import SwinEncoder, nchw_to_nhwc, nhwc_to_nchw
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-TOKENIZER_DIR = "tokenizer"
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 _TEXT_TRUNCATION_WARNED = False
 
@@ -54,7 +51,14 @@ def _build_fusions(config: ModelConfig, text_dim: int) -> nn.ModuleList:
     )
 
 
-class EntiTwistNet(nn.Module):
+class EntiTwistNet(
+    nn.Module,
+    ModelHubMixin,
+    library_name="entitwist",
+    pipeline_tag="image-segmentation",
+    license="apache-2.0",
+    tags=["entitwist", "referring-image-segmentation", "remote-sensing", "pytorch"],
+):
     """Referring segmentation network of the paper (section III).
 
     Args:
@@ -295,102 +299,91 @@ class EntiTwistNet(nn.Module):
         return input_ids.long(), attention_mask.long()
 
     # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and ``tokenizer/`` into ``directory``.
-
-        Returns the directory. Each file is written atomically.
-        """
+    # save_pretrained(dir), push_to_hub(repo_id) and from_pretrained(folder or hub id) come
+    # from huggingface_hub's ModelHubMixin; these hooks write and read entitwist's files.
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Write ``config.json``, ``model.safetensors``, ``tokenizer/`` and the model card
+        ``README.md`` (with the folder's ``training.json``, if any) into ``save_directory``,
+        each file atomically."""
         from safetensors.torch import save_file
 
+        from entitwist.models.hub import CARD_NAME, read_training_record
         from entitwist.utils import atomic_path
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        with atomic_path(save_directory / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt", "library": "entitwist"})
-        with atomic_path(directory / CONFIG_NAME) as tmp:
+        with atomic_path(save_directory / CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         try:
             tokenizer = self.tokenizer
         except ConfigError:
             tokenizer = None  # no vocabulary at hand (e.g. a random CLIP tower offline)
         if tokenizer is not None:
-            tokenizer.save_pretrained(directory / TOKENIZER_DIR)
-        return directory
+            tokenizer.save_pretrained(save_directory / TOKENIZER_DIR)
+        card = self.generate_model_card(training=read_training_record(save_directory))
+        with atomic_path(save_directory / CARD_NAME) as tmp:
+            card.save(tmp)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The model card: hub metadata (library, task, licence, tags; dataset and validation
+        score from ``training=``, a training record), architecture, how to load, intended use
+        and limitations. ``repo_id=`` names the repository in the loading example."""
+        from entitwist.models.hub import model_card
+
+        data = self._hub_mixin_info.model_card_data
+        return model_card(self.config, data, kwargs.get("training"), kwargs.get("repo_id"))
 
     @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike, map_location: str | torch.device | None = None
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        map_location: str | torch.device | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
     ) -> EntiTwistNet:
-        """Rebuild a model saved by :meth:`save_pretrained`; no network, no pickle.
+        """Load a model saved by ``save_pretrained``: a local folder, or a hub id
+        (``owner/name``, at ``revision``, through the hub cache ``cache_dir``). Safetensors
+        only, no pickle; no network when ``HF_HUB_OFFLINE=1`` or ``local_files_only``.
 
-        Raises :class:`CheckpointError` when the folder, its config or its weights are
-        missing or corrupt, or when it holds only pickled weights.
+        Raises :class:`CheckpointError` (one line) when the folder is missing or incomplete,
+        holds pickled weights, its config or weights are corrupt, or a hub id cannot be had.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        return cls._from_pretrained(
+            model_id=str(pretrained_model_name_or_path),
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            map_location=map_location,
+        )
 
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise CheckpointError(
-                f"checkpoint folder {str(directory)!r} does not exist; give a save_pretrained folder"
-            )
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not weights_path.is_file():
-            pickled = sorted(p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-            if pickled:
-                raise CheckpointError(
-                    f"{str(directory)!r} holds only pickled weights ({', '.join(pickled)}); entitwist loads "
-                    f"safetensors only: export with model.save_pretrained(dir)"
-                )
-            raise CheckpointError(
-                f"{str(directory)!r} has no {WEIGHTS_NAME}; it is not a save_pretrained folder"
-            )
-        if not config_path.is_file():
-            raise CheckpointError(
-                f"{str(directory)!r} has no {CONFIG_NAME}; it is not a save_pretrained folder"
-            )
-        try:
-            config = ModelConfig.from_dict(json.loads(config_path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(
-                f"{str(config_path)!r} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
-            ) from None
-        except (ConfigError, TypeError) as exc:
-            raise CheckpointError(
-                f"{str(config_path)!r} is not a valid model config: {exc}"
-            ) from None
-        build = config.replace(visual__pretrained=None, text__pretrained=None)
-        tok_dir = directory / TOKENIZER_DIR
-        if tok_dir.is_dir():
-            build.text.vocab = str(tok_dir)
-        if not build.text.hf_config:
-            raise CheckpointError(
-                f"{str(config_path)!r} lacks text.hf_config; cannot rebuild the text encoder offline"
-            )
-        model = cls(build)
-        model.config = config  # keep the provenance (pretrained sources) as saved
-        device = "cpu" if map_location is None else str(torch.device(map_location))
-        try:
-            state = load_file(str(weights_path), device=device)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"{str(weights_path)!r} is corrupt or not safetensors ({exc})"
-            ) from None
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1].strip()[:200]
-            raise CheckpointError(
-                f"{str(weights_path)!r} does not match its config ({first})"
-            ) from None
-        if missing or unexpected:
-            names = ", ".join((list(missing) + list(unexpected))[:4])
-            raise CheckpointError(
-                f"{str(weights_path)!r} does not match its config ({len(missing)} missing, "
-                f"{len(unexpected)} unexpected keys, e.g. {names})"
-            )
-        if map_location is not None:
-            model.to(map_location)
-        return model.eval()
+    @classmethod
+    def _from_pretrained(  # type: ignore[override]
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | os.PathLike | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str | torch.device | None = None,
+        **model_kwargs: Any,
+    ) -> EntiTwistNet:
+        from entitwist.models.hub import load_folder, resolve_folder
+
+        folder = resolve_folder(
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
+        return load_folder(cls, folder, map_location)

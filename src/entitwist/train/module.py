@@ -547,6 +547,9 @@ class ExportBestCallback(Callback):
                 "global_step": int(data.get("global_step", -1)),
             }
         info.update(run)
+        dataset = getattr(getattr(trainer, "datamodule", None), "dataset_name", None)
+        if dataset:
+            info["dataset"] = str(dataset)
         self.info = info
         self.exported = export_pretrained(model, target, info)
 
@@ -559,9 +562,9 @@ def export_pretrained(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        if info is not None:
+        if info is not None:  # first: the model card quotes it
             (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+        model.save_pretrained(tmp)
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
