@@ -16,7 +16,8 @@ from PIL import Image
 
 import entitwist.entities as E
 from entitwist.cli import main as entitwist_main
-from entitwist.entities.cli import in_shard, list_images, main, parse_shard, read_image
+from entitwist.data.layouts import list_images
+from entitwist.entities.cli import in_shard, main, parse_shard, read_image
 from entitwist.errors import CheckpointError, ConfigError, DataError
 
 
@@ -164,7 +165,7 @@ def test_params_and_k_pick_their_own_store(tmp_path: Path) -> None:
     root = tmp_path / "d"
     write_image(root / "a.png", 0)
     assert main([str(root), "--quiet", "--param", "scale=50", "--max-entities", "3"]) == 0
-    store = E.find_store(root)
+    (store,) = E.list_stores(root)
     assert store.directory.name.startswith("felzenszwalb-")
     assert store.manifest["params"]["scale"] == 50.0 and store.manifest["max_entities"] == 3
     assert store.load("a").max() <= 3

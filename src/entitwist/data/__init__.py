@@ -39,9 +39,9 @@ __all__ = [
 
 # name -> (module, loader function)
 DATASETS: dict[str, tuple[str, str]] = {
-    "refsegrs": ("entitwist.data.refsegrs", "load_refsegrs"),
+    "refsegrs": ("entitwist.data.layouts", "load_refsegrs"),
     "rrsisd": ("entitwist.data.rrsisd", "load_rrsisd"),
-    "risbench": ("entitwist.data.risbench", "load_risbench"),
+    "risbench": ("entitwist.data.layouts", "load_risbench"),
     "jsonl": ("entitwist.data.jsonl", "load_jsonl"),
 }
 

@@ -131,7 +131,7 @@ def external_data(args: argparse.Namespace, out: Path) -> tuple[Path, str | None
 # ------------------------------------------------------------------------------ step 2: entities
 def entities_step(args: argparse.Namespace, out: Path, root: Path) -> Path:
     """Compute (or find) the weight-free entity maps; returns the store folder."""
-    from entitwist.entities.cli import list_images
+    from entitwist.data.layouts import list_images
     from entitwist.entities.cli import main as entities_main
     from entitwist.entities.generators import get_generator
     from entitwist.entities.store import EntityStore, default_store_dir, image_key

@@ -25,11 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from entitwist.data.layouts import LAYOUT_CHOICES, list_images
 from entitwist.errors import CheckpointError, ConfigError, DataError, EntitwistError
-
-DATASETS = ("auto", "jsonl", "refsegrs", "rrsisd", "risbench", "folder")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
-
 
 # --- reading images ----------------------------------------------------------------------
 
@@ -81,113 +78,6 @@ def _to_uint8_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
         a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
         arr = np.nan_to_num(a).round().astype(np.uint8)
     return np.ascontiguousarray(arr)
-
-
-# --- listing the images of a dataset root --------------------------------------------------
-
-
-def detect_layout(root: Path) -> str:
-    """Guess the dataset layout of ``root`` (see :data:`DATASETS`)."""
-    if (root / "annotations.jsonl").is_file():
-        return "jsonl"
-    if (root / "images" / "rrsisd" / "JPEGImages").is_dir():
-        return "rrsisd"
-    if (root / "img_rgb").is_dir():
-        return "risbench"
-    if (root / "images").is_dir() and any((root / "images").glob("*.tif")):
-        return "refsegrs"
-    return "folder"
-
-
-def _glob_sorted(folder: Path, patterns: tuple[str, ...], what: str) -> list[Path]:
-    if not folder.is_dir():
-        raise DataError(f"{what} image folder {folder} not found; check ROOT and --dataset")
-    found = {p for pat in patterns for p in folder.glob(pat) if p.is_file()}
-    return sorted(p for p in found if not p.name.startswith("."))
-
-
-def _jsonl_images(root: Path) -> list[Path]:
-    ann = root / "annotations.jsonl"
-    if not ann.is_file():
-        raise DataError(f"{ann} not found; a JSONL dataset root holds annotations.jsonl")
-    seen: dict[str, Path] = {}
-    try:
-        lines = ann.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{ann} is not UTF-8 text; re-save it as UTF-8") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{ann} line {number} is not JSON ({exc.msg}); fix that line") from exc
-        image = row.get("image") if isinstance(row, dict) else None
-        if not isinstance(image, str) or not image:
-            raise DataError(f"{ann} line {number} has no 'image' field; add the image path")
-        if image in seen:
-            continue
-        path = root / image
-        if not path.exists() and (root / "images" / image).exists():
-            path = root / "images" / image  # bare file names inside images/
-        seen[image] = path
-    return sorted(set(seen.values()))
-
-
-def _folder_images(root: Path, exclude: list[Path]) -> list[Path]:
-    excluded = [p.resolve() for p in exclude]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(
-            d
-            for d in dirnames
-            if not d.startswith(".")
-            and not any((here / d).resolve() == e for e in excluded)
-            and not (here == root and d == "entities")
-        )
-        for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                out.append(here / name)
-    return sorted(out)
-
-
-def list_images(
-    root: str | os.PathLike, dataset: str = "auto", exclude: list[Path] = ()
-) -> list[Path]:
-    """Image files of a dataset root, sorted, each listed once.
-
-    RefSegRS ``images/*.tif``; RRSIS-D ``images/rrsisd/JPEGImages/*.jpg``; RISBench
-    ``img_rgb/*.png``; JSONL the distinct ``image`` fields of ``annotations.jsonl``
-    (relative to ROOT, or to ROOT/images for bare names); folder every image under ROOT
-    except hidden files, ``ROOT/entities`` and ``exclude``.
-    """
-    root = Path(root)
-    if not root.exists():
-        raise DataError(f"dataset root {root} does not exist; check the path")
-    if not root.is_dir():
-        raise DataError(f"dataset root {root} is not a folder")
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if dataset == "auto":
-        dataset = detect_layout(root)
-    if dataset == "jsonl":
-        images = _jsonl_images(root)
-    elif dataset == "refsegrs":
-        images = _glob_sorted(root / "images", ("*.tif", "*.tiff"), "RefSegRS")
-    elif dataset == "rrsisd":
-        images = _glob_sorted(
-            root / "images" / "rrsisd" / "JPEGImages", ("*.jpg", "*.jpeg"), "RRSIS-D"
-        )
-    elif dataset == "risbench":
-        images = _glob_sorted(root / "img_rgb", ("*.png",), "RISBench")
-    else:
-        images = _folder_images(root, list(exclude))
-    if not images:
-        raise DataError(
-            f"no images found under {root} as a {dataset} dataset; check ROOT and --dataset"
-        )
-    return images
 
 
 # --- sharding ------------------------------------------------------------------------------
@@ -278,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("root", help="dataset root (or any folder of images with --dataset folder)")
     parser.add_argument(
-        "--dataset", default="auto", choices=DATASETS, help="layout of ROOT (default: detect)"
+        "--dataset", default="auto", choices=LAYOUT_CHOICES, help="layout of ROOT (default: detect)"
     )
     parser.add_argument(
         "--generator", default=DEFAULT_GENERATOR, help=f"one of {', '.join(GENERATORS)}"
