@@ -13,7 +13,7 @@ import sys
 
 # name -> (module, help line)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "fit": ("entitwist.train.cli", "train a model (LightningCLI; --config configs/*.yaml)"),
+    "fit": ("entitwist.train.cli", "train a model (LightningCLI; --config NAME or FILE.yaml)"),
     "validate": ("entitwist.train.cli", "evaluate on the validation split"),
     "test": ("entitwist.train.cli", "evaluate on the test split"),
     "predict": ("entitwist.train.cli", "write predicted masks for a split"),
@@ -26,11 +26,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "overlays, Pr@X curve, K sweep, stage maps, DAT PCA",
     ),
     "demo": ("entitwist.demo.cli", "offline demo: synthetic scenes, entities, train, evaluate"),
+    "data": ("entitwist.data.check_cli", "check a downloaded dataset (data check NAME ROOT)"),
+    "report": ("entitwist.evaluation.report", "collect finished runs into the paper's tables"),
     "synth": ("entitwist.data.synthetic", "generate synthetic referring scenes (JSONL folder)"),
     "entities": ("entitwist.entities.cli", "compute entity label maps (weight-free or SAM)"),
     "segment": ("entitwist.inference.cli", "segment an image or GeoTIFF from a sentence"),
     "app": ("entitwist.app.server", "start the local web page"),
     "models": ("entitwist.models.registry", "list the registered model names"),
+    "configs": ("entitwist.configs.cli", "the shipped experiment configs: list, show, copy"),
 }
 
 
