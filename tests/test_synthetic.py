@@ -13,14 +13,10 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from entitwist.data import synthetic as syn
-from entitwist.data.synthetic import (
-    EXPRESSION_TYPES,
-    generate_expressions,
-    generate_scene,
-    scene_seed,
-    write_dataset,
-)
-from entitwist.data.synthetic_scene import CATEGORIES, COLOURS
+from entitwist.data import synthetic_expressions as rules
+from entitwist.data.synthetic import scene_seed, write_dataset
+from entitwist.data.synthetic_expressions import EXPRESSION_TYPES, generate_expressions
+from entitwist.data.synthetic_scene import CATEGORIES, COLOURS, generate_scene
 from entitwist.errors import DataError, EntitwistError, InputError
 
 # ---------------------------------------------------------------------------------------
@@ -102,14 +98,14 @@ def _resolve(scene, text: str) -> tuple[str, set[int]]:
             "bottom": (0, -1),
         }[d]
         vals = sorted((sign * geo[k][3][axis], k) for k in mem)
-        assert len(vals) >= 2 and vals[1][0] - vals[0][0] >= syn.EXTREME_GAP * n - 1e-6, text
+        assert len(vals) >= 2 and vals[1][0] - vals[0][0] >= rules.EXTREME_GAP * n - 1e-6, text
         return kind, {vals[0][1]}
     if kind == "size":
         vals = sorted((geo[k][4], k) for k in mem)
         if d == "smallest":
-            assert vals[1][0] >= syn.SIZE_RATIO * vals[0][0], text
+            assert vals[1][0] >= rules.SIZE_RATIO * vals[0][0], text
             return kind, {vals[0][1]}
-        assert vals[-1][0] >= syn.SIZE_RATIO * vals[-2][0], text
+        assert vals[-1][0] >= rules.SIZE_RATIO * vals[-2][0], text
         return kind, {vals[-1][1]}
     if kind == "position":
         d = "center" if d == "middle" else d
@@ -119,7 +115,7 @@ def _resolve(scene, text: str) -> tuple[str, set[int]]:
         r = next((rows[w] for w in words if w in rows), (1, 2) if d == "center" else (0, 3))
         c = next((cols[w] for w in words if w in cols), (1, 2) if d == "center" else (0, 3))
         y0, y1, x0, x1 = r[0] * n / 3, r[1] * n / 3, c[0] * n / 3, c[1] * n / 3
-        m = syn.POS_MARGIN * n
+        m = rules.POS_MARGIN * n
 
         def depth(k):  # > 0 inside (distance to the nearest inner edge), < 0 outside
             y, x = geo[k][3]
@@ -145,12 +141,12 @@ def _resolve(scene, text: str) -> tuple[str, set[int]]:
     if d in ("on", "not on"):
         frac = {k: scene.road_mask[tuple(geo[k][2].T)].mean() for k in mem}
         chosen = [
-            k for k in mem if (frac[k] >= syn.ON_ROAD if d == "on" else frac[k] <= syn.OFF_ROAD)
+            k for k in mem if (frac[k] >= rules.ON_ROAD if d == "on" else frac[k] <= rules.OFF_ROAD)
         ]
         rest = [k for k in mem if k not in chosen]
         assert len(chosen) == 1, text
         assert all(
-            (frac[k] <= syn.OFF_ROAD if d == "on" else frac[k] >= syn.ON_ROAD) for k in rest
+            (frac[k] <= rules.OFF_ROAD if d == "on" else frac[k] >= rules.ON_ROAD) for k in rest
         ), text
         return kind, set(chosen)
     if d == "pond":
@@ -159,9 +155,9 @@ def _resolve(scene, text: str) -> tuple[str, set[int]]:
         land = np.argwhere(scene.road_mask if d == "road" else scene.river_mask)
     tree = cKDTree(land)
     dist = {k: tree.query(geo[k][2])[0].min() for k in mem}
-    close = [k for k in mem if dist[k] <= syn.NEAR * n + 1e-6]
+    close = [k for k in mem if dist[k] <= rules.NEAR * n + 1e-6]
     assert len(close) == 1, text
-    assert all(dist[k] >= syn.FAR * n - 1e-6 for k in mem if k != close[0]), text
+    assert all(dist[k] >= rules.FAR * n - 1e-6 for k in mem if k != close[0]), text
     return kind, set(close)
 
 

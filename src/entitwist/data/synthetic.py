@@ -1,24 +1,22 @@
-"""Synthetic referring datasets: the JSONL writer and ``entitwist synth``.
+"""Synthetic referring datasets: the JSONL writer.
 
 The scenes come from :func:`entitwist.data.synthetic_scene.generate_scene` (the painter) and
 their sentences from :func:`entitwist.data.synthetic_expressions.generate_expressions`
-(verified, unambiguous referring expressions of the :data:`EXPRESSION_TYPES`). This module
-re-exports both, so ``from entitwist.data.synthetic import generate_scene,
-generate_expressions`` keeps working.
+(verified, unambiguous referring expressions of the
+:data:`~entitwist.data.synthetic_expressions.EXPRESSION_TYPES`); import them from there.
 
 :func:`write_dataset` writes the JSONL folder format (``images/``, ``masks/``,
 ``annotations.jsonl``) that :func:`entitwist.data.load_dataset` reads as ``"jsonl"``: one
 image per scene, splits by scene, a ``swap_id`` partner per sentence, and per-scene records
-so that a killed run restarts where it stopped.
+so that a killed run restarts where it stopped. ``entitwist synth`` (:mod:`entitwist.data.cli`)
+is its command.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import shutil
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,47 +24,12 @@ from typing import Any
 
 import numpy as np
 
-# the generator's names stay importable from here (tests read ``syn.NEAR`` etc.); patching
-# one of them here does not reach the generator, patch it in synthetic_expressions instead
-from entitwist.data.synthetic_expressions import (  # noqa: F401
-    COLOURED,
-    EXPRESSION_TYPES,
-    EXTREME_GAP,
-    FAR,
-    NEAR,
-    NOUNS,
-    OFF_ROAD,
-    ON_ROAD,
-    POS_MARGIN,
-    POSITIONS,
-    SIZE_RATIO,
-    Cls,
-    Referral,
-    _Candidate,
-    _candidates,
-    _classes,
-    _crop,
-    _facts,
-    _members,
-    _noun,
-    _outside,
-    _render,
-    generate_expressions,
-)
-from entitwist.data.synthetic_scene import COLOURS, Scene, SceneObject, generate_scene  # noqa: F401
+from entitwist.data.synthetic_expressions import EXPRESSION_TYPES, generate_expressions
+from entitwist.data.synthetic_scene import generate_scene
 from entitwist.errors import DataError, InputError
 from entitwist.utils.atomic import atomic_path, remove_entries
 
-__all__ = [
-    "EXPRESSION_TYPES",
-    "Referral",
-    "Scene",
-    "SceneObject",
-    "generate_expressions",
-    "generate_scene",
-    "main",
-    "write_dataset",
-]
+__all__ = ["scene_seed", "write_dataset"]
 
 FORMAT_VERSION = 1
 _STATE, _RECORDS = ".synth_state.json", ".synth_records"
@@ -200,11 +163,9 @@ def _scene_pool(workers: int, jobs: int) -> Iterator[Any]:
     if workers <= 1 or jobs <= 1:
         yield None
         return
-    import multiprocessing as mp
+    from entitwist.utils.processes import pool_context
 
-    # fork is unsafe once torch's threads run in this process; spawn then
-    fork_ok = "fork" in mp.get_all_start_methods() and "torch" not in sys.modules
-    with mp.get_context("fork" if fork_ok else "spawn").Pool(min(workers, jobs)) as pool:
+    with pool_context().Pool(min(workers, jobs)) as pool:
         yield pool
 
 
@@ -350,83 +311,3 @@ def write_dataset(
     shutil.rmtree(records, ignore_errors=True)
     (out / _STATE).unlink(missing_ok=True)
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``entitwist synth OUT --scenes N --size S --seed K``: write a synthetic dataset."""
-    parser = argparse.ArgumentParser(
-        prog="entitwist synth",
-        description="Generate synthetic aerial referring scenes in the JSONL folder format.",
-    )
-    parser.add_argument("out", help="output folder (must be empty unless --overwrite)")
-    parser.add_argument("--scenes", type=int, default=200, help="number of scenes (default 200)")
-    parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--expressions", type=int, default=8, help="expressions per scene (default 8)"
-    )
-    parser.add_argument(
-        "--splits", default="0.7,0.1,0.2", help="train,val,test fractions (default 0.7,0.1,0.2)"
-    )
-    parser.add_argument(
-        "--types", default=None, help=f"comma list from {','.join(EXPRESSION_TYPES)} (default all)"
-    )
-    parser.add_argument(
-        "--object-scale",
-        type=float,
-        default=1.0,
-        help="object size multiplier in [0.5, 2.5] (default 1.0)",
-    )
-    parser.add_argument(
-        "--density",
-        type=float,
-        default=1.0,
-        help="share of the usual number of objects per scene, in (0, 1] (default 1.0)",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace the dataset in a non-empty OUT"
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="processes drawing scenes (default 1; the output is the same for any number)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try:
-        splits = tuple(float(v) for v in args.splits.split(","))
-    except ValueError:
-        raise InputError(
-            f"--splits {args.splits!r} is not three numbers; write it like 0.7,0.1,0.2"
-        ) from None
-    types = tuple(t.strip() for t in args.types.split(",")) if args.types else None
-    summary = write_dataset(
-        args.out,
-        args.scenes,
-        size=args.size,
-        seed=args.seed,
-        splits=splits,  # type: ignore[arg-type]
-        expressions_per_scene=args.expressions,
-        overwrite=args.overwrite,
-        types=types,
-        object_scale=args.object_scale,
-        density=args.density,
-        progress=not args.quiet,
-        workers=args.workers,
-    )
-    per_split = ", ".join(f"{k} {v}" for k, v in sorted(summary["splits"].items()))
-    per_type = ", ".join(f"{k} {v}" for k, v in sorted(summary["types"].items()))
-    print(
-        f"wrote {summary['samples']} expressions on {summary['scenes']} scenes to {summary['root']}"
-    )
-    print(f"  splits: {per_split}")
-    print(f"  types: {per_type}")
-    print(f"  annotations: {Path(summary['root']) / 'annotations.jsonl'}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from entitwist.cli import main as cli_main
-
-    sys.exit(cli_main(["synth", *sys.argv[1:]]))

@@ -24,8 +24,7 @@ the image and every other candidate as far outside it, "next to" means within :d
 while every other candidate is beyond :data:`FAR`). All distances are fractions of the
 image side, so the rules hold at any size.
 
-The dataset writer and ``entitwist synth`` that use them live in
-:mod:`entitwist.data.synthetic`, which re-exports the names here.
+The dataset writer that uses them is :func:`entitwist.data.synthetic.write_dataset`.
 """
 
 from __future__ import annotations
