@@ -26,12 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from entitwist.data.synthetic import (
-    EXPRESSION_TYPES,
-    generate_expressions,
-    generate_scene,
-    write_dataset,
-)
+from entitwist.data.synthetic import write_dataset
+from entitwist.data.synthetic_expressions import EXPRESSION_TYPES, generate_expressions
+from entitwist.data.synthetic_scene import generate_scene
 from entitwist.utils import atomic_path
 
 

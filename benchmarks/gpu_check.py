@@ -220,7 +220,8 @@ def check_tiny(device: torch.device, dry: bool) -> dict[str, Any]:
     import numpy as np
 
     from entitwist import create_model
-    from entitwist.data.synthetic import generate_expressions, generate_scene
+    from entitwist.data.synthetic_expressions import generate_expressions
+    from entitwist.data.synthetic_scene import generate_scene
     from entitwist.entities import compute_entities
     from entitwist.models.loss import referring_loss
 

@@ -25,7 +25,7 @@ from entitwist.app.page import (
 )
 from entitwist.app.server import check_host, write_examples
 from entitwist.cli import main as cli_main
-from entitwist.data.synthetic import generate_scene
+from entitwist.data.synthetic_scene import generate_scene
 from entitwist.errors import InputError
 from entitwist.inference import Predictor
 

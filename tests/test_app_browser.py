@@ -25,7 +25,7 @@ from PIL import Image
 
 import entitwist
 from browser_helpers import AppServer, chromium_path, launch_chromium, local_only, save_screenshot
-from entitwist.data.synthetic import generate_scene
+from entitwist.data.synthetic_scene import generate_scene
 
 pytestmark = pytest.mark.browser
 

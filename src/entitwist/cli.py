@@ -28,11 +28,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("entitwist.demo.cli", "offline demo: synthetic scenes, entities, train, evaluate"),
     "data": ("entitwist.data.check_cli", "check a downloaded dataset (data check NAME ROOT)"),
     "report": ("entitwist.evaluation.report", "collect finished runs into the paper's tables"),
-    "synth": ("entitwist.data.synthetic", "generate synthetic referring scenes (JSONL folder)"),
+    "synth": ("entitwist.data.synth_cli", "generate synthetic referring scenes (JSONL folder)"),
     "entities": ("entitwist.entities.cli", "compute entity label maps (weight-free or SAM)"),
     "segment": ("entitwist.inference.cli", "segment an image or GeoTIFF from a sentence"),
     "app": ("entitwist.app.server", "start the local web page"),
-    "models": ("entitwist.models.registry", "list the registered model names"),
+    "models": ("entitwist.models.cli", "list the registered model names"),
     "configs": ("entitwist.configs.cli", "the shipped experiment configs: list, show, copy"),
 }
 

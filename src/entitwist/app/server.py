@@ -139,7 +139,8 @@ def write_examples(folder: str | os.PathLike, n: int = 3, size: int = 256) -> li
     import numpy as np
     from PIL import Image
 
-    from entitwist.data.synthetic import generate_expressions, generate_scene
+    from entitwist.data.synthetic_expressions import generate_expressions
+    from entitwist.data.synthetic_scene import generate_scene
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
