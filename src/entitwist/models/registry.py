@@ -10,12 +10,11 @@ here (``BERT_BASE_UNCASED``, ``CLIP_L14_TEXT``). With the defaults, the Swin is 
 (set ``visual__pretrained`` to a weight file or ``"hub"`` for ImageNet-22K weights) and
 the text encoder loads ``text.pretrained`` (hub id or local directory).
 
-``entitwist models`` prints the names with a one-line description.
+``entitwist models`` (:mod:`entitwist.models.cli`) prints the names with a one-line description.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from typing import Any
 
@@ -271,15 +270,3 @@ def _read_hf_config(path: str) -> dict[str, Any]:
 
     with open(os.path.join(os.path.expanduser(path), "config.json")) as fh:
         return json.load(fh)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``entitwist models``: print each registered name with its description."""
-    parser = argparse.ArgumentParser(
-        prog="entitwist models", description="List the registered model names."
-    )
-    parser.parse_args(argv if argv is not None else [])
-    width = max(len(n) for n in _REGISTRY)
-    for name, (description, _) in _REGISTRY.items():
-        print(f"{name:<{width}}  {description}")
-    return 0
