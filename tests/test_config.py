@@ -17,7 +17,8 @@ def test_defaults_are_the_paper_setting() -> None:
     assert c.text.max_tokens == 20 and c.text.kind == "bert"
     assert (c.fusion.seg, c.fusion.dat, c.fusion.propagation) == (True, "sp_sa", "mamba")
     assert c.fusion.max_entities == 40
-    assert c.fusion.attn_kv_stride == (2, 1, 1, 1)  # dense queries, strided keys at stage 1
+    assert c.fusion.attn_kv_stride == (1, 1, 1, 1)  # attention over every position
+    assert c.fusion.scan_resize == "bilinear"  # the paper/ReMamber reading of the 16x16 resize
     assert c.visual.position_embedding == "none"  # Swin-B has relative position biases only
 
 
@@ -90,3 +91,12 @@ def test_from_dict_rejects_unknown_keys() -> None:
 
 def test_stage_dims_follow_embed_dim() -> None:
     assert VisualConfig(embed_dim=32, depths=(1, 1, 2, 1)).stage_dims == (32, 64, 128, 256)
+
+
+def test_scan_resize_and_entity_generator_are_checked() -> None:
+    assert ModelConfig().replace(scan_resize="area").fusion.scan_resize == "area"
+    with pytest.raises(ConfigError, match="scan_resize='nearest' is unknown"):
+        ModelConfig().replace(scan_resize="nearest")
+    assert ModelConfig().replace(entity_generator="sam").fusion.entity_generator == "sam"
+    with pytest.raises(ConfigError, match="entity_generator='sam2' is unknown"):
+        ModelConfig().replace(entity_generator="sam2")

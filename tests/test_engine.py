@@ -17,7 +17,6 @@ from entitwist.train.datamodule import (
     ResumableSampler,
     ShardSampler,
     check_data_args,
-    select_entity_store,
 )
 from entitwist.train.module import (
     EntiTwistModule,
@@ -240,33 +239,16 @@ def test_resumable_sampler_skip_and_shards():
     assert [len(ShardSampler(data, num_replicas=3, rank=r)) for r in range(3)] == [4, 3, 3]
 
 
-def test_entity_store_chosen_by_k(tmp_path):
-    base = tmp_path / "entities"
-    for tag, k in (("sam", 40), ("sam-1a2b3c4d", 10)):
-        (base / tag).mkdir(parents=True)
-        (base / tag / "manifest.json").write_text(json.dumps({"max_entities": k}))
-    assert select_entity_store(tmp_path, "auto", 10) == "sam-1a2b3c4d"
-    assert select_entity_store(tmp_path, "auto", 40) == "sam"
-    with pytest.raises(DataError, match="none has K=20"):
-        select_entity_store(tmp_path, "auto", 20)
-    assert select_entity_store(tmp_path, None, 20) is None
-    # two stores of the same K: the model's recorded generator decides, else an error
-    for tag, gen in (("felzenszwalb", "felzenszwalb"), ("felzenszwalb-rag", "felzenszwalb-rag")):
-        (base / tag).mkdir(parents=True)
-        (base / tag / "manifest.json").write_text(
-            json.dumps({"max_entities": 40, "generator": gen})
-        )
-    assert select_entity_store(tmp_path, "auto", 40, "felzenszwalb-rag") == "felzenszwalb-rag"
-    assert select_entity_store(tmp_path, "auto", 40, "felzenszwalb") == "felzenszwalb"
-    with pytest.raises(DataError, match="more than one has K=40"):
-        select_entity_store(tmp_path, "auto", 40)
-    with pytest.raises(DataError, match="more than one has K=40"):
-        select_entity_store(tmp_path, "auto", 40, "slic")
+def test_datamodule_takes_the_models_entity_needs():
+    # the full resolver is tested in test_resolve.py; here: for_module passes what it needs
     module = EntiTwistModule(
         "entitwist_tiny", {**FAST, "fusion__entity_generator": "felzenszwalb-rag"}
     )
-    data = ReferringDataModule.for_module(module, dataset="jsonl", root=str(tmp_path))
-    assert data.entity_generator == "felzenszwalb-rag"
+    data = ReferringDataModule.for_module(module, dataset="jsonl", root=".")
+    spec = data.entity_spec()
+    assert (spec.generator, spec.max_entities, data.needs_entities) == ("felzenszwalb-rag", 40, True)
+    off = EntiTwistModule("entitwist_tiny", {**FAST, "seg": False, "entity_head_layers": 0})
+    assert ReferringDataModule.for_module(off, dataset="jsonl", root=".").entity_spec() is None
 
 
 @pytest.mark.parametrize("total,warmup", [(20, 5), (12, 1), (8, 8)])

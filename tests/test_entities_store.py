@@ -256,17 +256,19 @@ def test_stale_temporaries_are_skipped_and_removed(tmp_path: Path) -> None:
     assert store.remove_stale_temporaries(older_than_s=0) == 1 and not fresh.exists()
 
 
-def test_image_key_and_find_store(tmp_path: Path) -> None:
+def test_image_key_and_store_lookup_without_a_model(tmp_path: Path) -> None:
     assert E.image_key(tmp_path, tmp_path / "images" / "scene_0001.png") == "images/scene_0001"
     assert E.image_key(tmp_path, tmp_path / "a" / "b" / "c.d.tif") == "a/b/c.d"
     with pytest.raises(DataError, match="outside the dataset root"):
         E.image_key(tmp_path / "root", tmp_path / "elsewhere.png")
-    assert E.find_store(tmp_path) is None
+    # without a model's needs (the dataset loaders on their own): "auto" is the only store
+    assert E.resolve_store(tmp_path, "auto") is None and E.list_stores(tmp_path) == []
     E.EntityStore(tmp_path / "entities" / "felzenszwalb", generator=E.get_generator())
-    assert E.find_store(tmp_path).directory.name == "felzenszwalb"
+    assert E.resolve_store(tmp_path, "auto").name == "felzenszwalb"
     E.EntityStore(tmp_path / "entities" / "slic", generator=E.get_generator("slic"))
+    assert [s.directory.name for s in E.list_stores(tmp_path)] == ["felzenszwalb", "slic"]
     with pytest.raises(DataError, match="several entity stores"):
-        E.find_store(tmp_path)
-    assert E.find_store(tmp_path, "slic").directory.name == "slic"
-    with pytest.raises(DataError, match="entitwist entities"):
-        E.find_store(tmp_path, "sam")
+        E.resolve_store(tmp_path, "auto")
+    assert E.resolve_store(tmp_path, "slic").name == "slic"
+    with pytest.raises(DataError, match="entitwist entities .* --generator sam"):
+        E.resolve_store(tmp_path, "sam")

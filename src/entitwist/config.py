@@ -22,6 +22,7 @@ PROPAGATIONS = ("mamba", "self_attention", "none")
 SPATIALS = ("attention", "mamba")
 TEXT_KINDS = ("bert", "clip")
 POSITION_EMBEDDINGS = ("none", "sincos")
+SCAN_RESIZES = ("bilinear", "area")
 
 
 @dataclass
@@ -96,21 +97,31 @@ class FusionConfig:
             (channel-wise self-attention, Fig. 7) or ``"none"`` (Fig. 7 "no design").
         spatial: ``"attention"`` (entity-aware cross-attention, paper) or ``"mamba"``
             (ReMamber-V: a spatial Mamba scan instead of SA).
-        max_entities: K, the most entities per image (40 in the paper; at most 255).
+        max_entities: K, the most entities per image (40 in the paper; 1..255,
+            ``entitwist.entities.MAX_K``). The entity store a model trains on must have
+            been made with the same K (``entitwist.entities.resolve_store``).
         scan_size: s, the side of the fixed grid the channel scan reads (16).
+        scan_resize: how the cube is brought to s x s before the channel scan:
+            ``"bilinear"`` (the paper's and ReMamber's reading, default; without
+            antialiasing it samples only about 4 positions per grid cell, about 7% of the
+            120x120 stage-1 positions at 480 px) or ``"area"`` (the mean over each cell,
+            every position counts; an ablation). The way back to H x W is bilinear in both.
         d_state: SSM state size N of the Mamba blocks.
         attn_heads: attention heads per stage.
         attn_kv_stride: per-stage spatial stride applied to K/V of the spatial attention
-            (1 = every position). Default (2, 1, 1, 1): at stage 1 (120x120 at 480 px) the
-            queries keep every position but keys/values come from a 60x60 grid, which cuts the
-            14,400 x 14,400 attention four-fold and brings the CPU time of the full model
-            relative to the baseline under the paper's 1.46 (benchmarks/results/table4.md);
-            set (1, 1, 1, 1) for attention over every position at every stage.
+            (1 = every position). Default (1, 1, 1, 1), the paper: attention over every
+            position at every stage. The named fast variant ``entitwist_swinb_bert_fast``
+            uses (2, 1, 1, 1): at stage 1 (120x120 at 480 px) keys/values come from a 60x60
+            grid, which cuts the 14,400 x 14,400 attention four-fold (configs/README.md).
         entity_generator, entity_params: the entity generator (a name of
-            ``entitwist.entities.list_generators()``) and its parameters whose maps the
-            network was trained with; recorded in checkpoints so that the predictor, the
-            ``segment`` command and the app compute the same kind of maps for
-            ``entities="auto"``. ``None``: not recorded (they fall back to ``felzenszwalb``).
+            ``entitwist.entities.list_generators()``) and the parameters of it the model
+            was built for (the paper's models: ``"sam"``, ``{"model_type": "vit_b"}``).
+            Training and evaluation only read a store whose manifest has this generator,
+            these parameters and K (``entitwist.entities.resolve_store``); the predictor,
+            the ``segment`` command and the app run this generator on new images.
+            ``None``: not recorded (any generator's store of K is accepted, and the first
+            training run records the one it used; inference falls back to
+            ``felzenszwalb``).
     """
 
     seg: bool = True
@@ -120,9 +131,10 @@ class FusionConfig:
     spatial: str = "attention"
     max_entities: int = 40
     scan_size: int = 16
+    scan_resize: str = "bilinear"
     d_state: int = 16
     attn_heads: tuple[int, ...] = (4, 8, 16, 32)
-    attn_kv_stride: tuple[int, ...] = (2, 1, 1, 1)
+    attn_kv_stride: tuple[int, ...] = (1, 1, 1, 1)
     entity_generator: str | None = None
     entity_params: dict[str, Any] | None = None
 
@@ -181,15 +193,18 @@ class ModelConfig:
             raise ConfigError(
                 f"fusion.spatial={f.spatial!r} is unknown; use one of {', '.join(SPATIALS)}"
             )
-        if not 0 <= f.max_entities <= 255:
+        from entitwist.entities import GENERATORS
+        from entitwist.entities.labelmap import check_max_entities
+
+        check_max_entities(f.max_entities, "fusion.max_entities")
+        if f.entity_generator is not None and f.entity_generator not in GENERATORS:
             raise ConfigError(
-                f"fusion.max_entities={f.max_entities} is out of range; label maps are uint8, use 0..255"
+                f"fusion.entity_generator={f.entity_generator!r} is unknown; use one of "
+                f"{', '.join(GENERATORS)} or None"
             )
-        if f.entity_generator is not None and (
-            not isinstance(f.entity_generator, str) or not f.entity_generator
-        ):
+        if f.scan_resize not in SCAN_RESIZES:
             raise ConfigError(
-                f"fusion.entity_generator={f.entity_generator!r} must be a generator name or None"
+                f"fusion.scan_resize={f.scan_resize!r} is unknown; use one of {', '.join(SCAN_RESIZES)}"
             )
         if f.entity_params is not None and not isinstance(f.entity_params, dict):
             raise ConfigError(

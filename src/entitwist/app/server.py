@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument(
+        "--entity-generator",
+        help="entity maps from this generator instead of the model's own (reported)",
+    )
+    parser.add_argument(
+        "--sam-checkpoint",
+        help="segment-anything checkpoint (sam_vit_b_01ec64.pth): needed for models built "
+        "for SAM entity maps",
+    )
+    parser.add_argument(
         "--examples",
         metavar="N",
         type=int,
@@ -194,7 +203,16 @@ def main(argv: list[str]) -> int:
     from entitwist.inference.predictor import Predictor, resolve_device
 
     resolve_device(args.device)
-    predictor = Predictor.from_pretrained(checkpoint, device=args.device)
+    predictor = Predictor.from_pretrained(
+        checkpoint,
+        device=args.device,
+        entity_generator=args.entity_generator,
+        sam_checkpoint=args.sam_checkpoint,
+    )
+    if predictor.uses_entities:
+        predictor.get_entity_generator()  # SAM without a checkpoint fails now, in one line
+        if predictor.entity_note:
+            print(f"entitwist: warning: {predictor.entity_note}", file=sys.stderr)
 
     from entitwist.app.page import PageLimits, build_app
 

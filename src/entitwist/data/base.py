@@ -22,9 +22,12 @@ str, ``orig_size`` ``(H, W)``, and ``entities`` uint8 ``(H, W)`` when an entity 
 attached. ``transform`` (e.g. :class:`entitwist.data.transforms.ReferringTransform`) is
 applied last.
 
-Repairs: a mask or entity map whose size differs from its image is resized to the image
-(nearest); the first one warns (:class:`DataWarning`) and all are counted in
-``ds.repairs`` (per process: DataLoader workers count their own).
+Repairs: a mask whose size differs from its image is resized to the image (nearest); the
+first one warns (:class:`DataWarning`) and all are counted in ``ds.repairs`` (per process:
+DataLoader workers count their own). An entity map whose size differs from its image is a
+:class:`DataError` (checked from the file headers when the dataset is built): the store was
+made for other images. Which store a dataset reads comes from
+:func:`entitwist.entities.resolve_store`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from entitwist.data.io import read_image, read_mask, resize_nearest
+from entitwist.imaging import read_image, read_mask, resize_nearest
+from entitwist.entities.resolve import resolve_store
 from entitwist.errors import DataError
 
 __all__ = [
@@ -50,7 +54,6 @@ __all__ = [
     "MaskFile",
     "ReferringDataset",
     "image_key",
-    "resolve_entity_dir",
     "check_files_exist",
     "read_text_lines",
     "parse_phrase_file",
@@ -140,52 +143,16 @@ def _entity_command(root: Path, tag: str | None) -> str:
     return f"`entitwist entities {root}{gen}`"
 
 
-def resolve_entity_dir(
-    root: Path, entities: str | os.PathLike | None
-) -> tuple[Path | None, str | None]:
-    """Where the entity label maps of ``root`` are, or ``(None, None)`` for no entities.
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) of an image file from its header (no pixels decoded); None when PIL cannot
+    tell (multi-band TIFFs are read by other means; they are checked when loaded)."""
+    from PIL import Image
 
-    ``entities`` is ``None`` (never attach), ``"auto"`` (attach ``<root>/entities/<tag>``
-    when exactly one store, a folder with ``manifest.json``, is there; several tags is an error asking to choose),
-    a tag name (``<root>/entities/<tag>`` must exist) or a folder path. Returns the folder
-    and the tag (the folder name).
-    """
-    if entities is None:
-        return None, None
-    base = root / "entities"
-    if isinstance(entities, str) and entities == "auto":
-        if not base.is_dir():
-            return None, None
-        tags = sorted(
-            p.name
-            for p in base.iterdir()
-            if (p / "manifest.json").is_file() and not p.name.startswith(".")
-        )
-        if not tags:
-            return None, None
-        if len(tags) > 1:
-            raise DataError(
-                f"{base} holds several entity stores ({', '.join(tags)}); choose one with "
-                f"entities='<tag>' (e.g. entities={tags[0]!r}) or entities=None"
-            )
-        return base / tags[0], tags[0]
-    text = os.fspath(entities)
-    looks_like_path = os.sep in text or "/" in text or Path(text).is_absolute()
-    if not looks_like_path:
-        folder = base / text
-        if not folder.is_dir():
-            raise DataError(
-                f"entity store {folder} not found; compute it with {_entity_command(root, text)} "
-                "or pass entities=None"
-            )
-        return folder, text
-    folder = Path(text)
-    if not folder.is_dir():
-        raise DataError(
-            f"entity store folder {folder} not found; compute it with "
-            f"{_entity_command(root, None)} or pass entities=None"
-        )
-    return folder, folder.name
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (OSError, SyntaxError, ValueError):
+        return None
 
 
 class _EntityReader:
@@ -239,8 +206,9 @@ class ReferringDataset(Dataset):
                 f"split {split!r} of {name} dataset at {root} has no samples; check the split "
                 "name and the annotation files"
             )
-        if not 0 <= int(max_entities) <= 255:
-            raise DataError(f"max_entities={max_entities} is out of range; use 0..255")
+        from entitwist.entities.labelmap import check_max_entities
+
+        check_max_entities(max_entities)
         self.records = list(records)
         self.name = name
         self.root = Path(root)
@@ -353,7 +321,12 @@ class ReferringDataset(Dataset):
                     f"{self.max_entities} or raise max_entities"
                 )
             if labels.shape != (h, w):
-                labels = self._repair(labels, (h, w), "entities", rec)
+                raise DataError(
+                    f"entity map {self._entities.path_for(rec.image_key)} is "
+                    f"{labels.shape[1]}x{labels.shape[0]} but its image {rec.image_path} is "
+                    f"{w}x{h}: the store was made for other images; rebuild it with "
+                    f"{_entity_command(self.root, self.entity_tag)}"
+                )
             sample["entities"] = labels  # (H, W) uint8
         return sample
 
@@ -371,15 +344,25 @@ class ReferringDataset(Dataset):
         return resize_nearest(arr, size)
 
     def _check_entity_maps(self) -> None:
+        """Every image of the split has a map of its own size (headers only, no pixels)."""
         assert self._entities is not None
-        keys = list(self.images())
-        missing = [k for k in keys if not self._entities.path_for(k).is_file()]
+        images = self.images()
+        missing = [k for k in images if not self._entities.path_for(k).is_file()]
         if missing:
             raise DataError(
-                f"{len(missing)} of {len(keys)} images of {self.name} split {self.split!r} have "
+                f"{len(missing)} of {len(images)} images of {self.name} split {self.split!r} have "
                 f"no entity map in {self.entity_dir} (first: {missing[0]!r}); run "
                 f"{_entity_command(self.root, self.entity_tag)} or pass entities=None"
             )
+        for key, path in images.items():
+            size = _image_size(path)
+            labels = _image_size(self._entities.path_for(key))
+            if size is not None and labels is not None and size != labels:
+                raise DataError(
+                    f"entity map {self._entities.path_for(key)} is {labels[1]}x{labels[0]} but "
+                    f"its image {path} is {size[1]}x{size[0]}: the store was made for other "
+                    f"images; rebuild it with {_entity_command(self.root, self.entity_tag)}"
+                )
 
 
 def warn_skipped(kind: str, places: list[str], fix: str) -> None:
@@ -454,7 +437,8 @@ def file_dataset(
     the dataset (the common end of the loaders whose masks are files)."""
     check_files_exist((r.image_path for r in records), listed_in, "images")
     check_files_exist((r.mask.path for r in records), listed_in, "masks")  # type: ignore[attr-defined]
-    entity_dir, tag = resolve_entity_dir(root, entities)
+    entity_dir = resolve_store(root, entities)
+    tag = None if entity_dir is None else entity_dir.name
     return ReferringDataset(
         records, name=name, root=root, split=split, entity_dir=entity_dir, entity_tag=tag, **options
     )

@@ -49,9 +49,9 @@ from entitwist.data.base import (
     check_root,
     check_split,
     image_key,
-    resolve_entity_dir,
     warn_skipped,
 )
+from entitwist.entities.resolve import resolve_store
 from entitwist.errors import DataError
 
 __all__ = [
@@ -293,7 +293,8 @@ def load_rrsisd(
     check_files_exist((r.image_path for r in records), str(inst_path), "images")
     if check_sizes:
         _warn_size_mismatches(records, inst_path)
-    entity_dir, tag = resolve_entity_dir(root, entities)
+    entity_dir = resolve_store(root, entities)
+    tag = None if entity_dir is None else entity_dir.name
     ds = ReferringDataset(
         records,
         name="rrsisd",

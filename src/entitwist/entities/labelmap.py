@@ -12,18 +12,19 @@ from typing import Any
 
 import numpy as np
 
+from entitwist.entities.store import MAX_K
 from entitwist.errors import ConfigError, InputError
 
 MAX_ENTITIES = 40
 
 
-def check_max_entities(max_entities: Any) -> int:
-    """Validate K: an integer 1..255 (labels are stored as uint8)."""
+def check_max_entities(max_entities: Any, what: str = "max_entities") -> int:
+    """Validate K: an integer 1..MAX_K (labels are stored as uint8)."""
     if isinstance(max_entities, bool) or not isinstance(max_entities, int | np.integer):
-        raise ConfigError(f"max_entities must be an integer 1..255, got {max_entities!r}")
-    if not 1 <= int(max_entities) <= 255:
+        raise ConfigError(f"{what} must be an integer 1..{MAX_K}, got {max_entities!r}")
+    if not 1 <= int(max_entities) <= MAX_K:
         raise ConfigError(
-            f"max_entities={max_entities} is out of range: label maps are uint8, use 1..255 "
+            f"{what}={max_entities} is out of range: label maps are uint8, use 1..{MAX_K} "
             "(the paper uses 40)"
         )
     return int(max_entities)

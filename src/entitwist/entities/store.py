@@ -40,6 +40,8 @@ from entitwist.utils import atomic_path, atomic_write_bytes
 
 MANIFEST = "manifest.json"
 FORMAT = "entitwist-entities/1"
+#: The largest K: labels are stored as uint8 PNGs, so K is 1..MAX_K.
+MAX_K = 255
 _COMPARED = ("generator", "params", "checkpoint_sha256", "max_entities")
 
 
@@ -77,31 +79,6 @@ def image_key(root: str | os.PathLike, image_path: str | os.PathLike) -> str:
         ) from exc
     rel_posix = PurePosixPath(*rel.parts)
     return str(rel_posix.with_suffix("")) if rel_posix.suffix else str(rel_posix)
-
-
-def find_store(root: str | os.PathLike, tag: str | None = None) -> EntityStore | None:
-    """The store under ``<root>/entities``: ``tag`` if given, else the only one there.
-
-    Returns ``None`` when there is none; raises :class:`DataError` when ``tag`` is missing
-    or several stores exist and no tag is given.
-    """
-    base = Path(root) / "entities"
-    if tag is not None:
-        if not (base / tag / MANIFEST).is_file():
-            raise DataError(
-                f"no entity store {base / tag}; run: entitwist entities {root} (see --generator)"
-            )
-        return EntityStore(base / tag)
-    if not base.is_dir():
-        return None
-    stores = sorted(p.name for p in base.iterdir() if (p / MANIFEST).is_file())
-    if not stores:
-        return None
-    if len(stores) > 1:
-        raise DataError(
-            f"several entity stores under {base} ({', '.join(stores)}); choose one by path"
-        )
-    return EntityStore(base / stores[0])
 
 
 class EntityStore:
@@ -274,7 +251,7 @@ class EntityStore:
             )
         top = int(arr.max())
         k = self.max_entities
-        limit = 255 if k is None else k
+        limit = MAX_K if k is None else k
         if int(arr.min()) < 0 or top > limit:
             raise InputError(
                 f"entity label map for {image_key!r} has labels {int(arr.min())}..{top}, "

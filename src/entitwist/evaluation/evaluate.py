@@ -150,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from entitwist.data import ReferringTransform, load_dataset
+    from entitwist.entities.resolve import EntitySpec, resolve_store
     from entitwist.evaluation.tables import format_table, make_rows, write_reports
-    from entitwist.train.datamodule import check_data_args, select_entity_store
+    from entitwist.train.datamodule import check_data_args
 
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
@@ -170,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(ckpt)
     config = model.config
-    entities = None if str(args.entities).lower() == "none" else args.entities
-    entities = select_entity_store(
-        Path(args.root), entities, config.fusion.max_entities, config.fusion.entity_generator
+    need = EntitySpec.of(config)  # the store must match the model's generator and K
+    store = (
+        None
+        if need is None
+        else resolve_store(Path(args.root), args.entities, need, option="--entities")
     )
+    entities = None if store is None else str(store)
     dataset = load_dataset(
         args.dataset,
         args.root,

@@ -120,9 +120,12 @@ class Predictor:
         entity_generator: the generator used for ``entities="auto"`` (``felzenszwalb``,
             ``felzenszwalb-rag``, ``slic``, ``sam``, ...; see
             ``entitwist.entities.get_generator``). ``None`` (default): the one the model
-            was trained with when its config records it (``fusion.entity_generator``, with
-            its parameters), else ``felzenszwalb``.
-        sam_checkpoint: a segment-anything checkpoint; implies ``entity_generator="sam"``.
+            was built for (``fusion.entity_generator``, with its parameters; the paper's
+            models: SAM ViT-B, which needs ``sam_checkpoint``), else ``felzenszwalb``.
+            Another one than the model's is an override, reported in :attr:`entity_note`.
+            The choice is :func:`entitwist.entities.inference_generator`'s.
+        sam_checkpoint: a segment-anything checkpoint; selects ``sam`` when
+            ``entity_generator`` is not given.
         entity_params: extra keyword arguments for the generator.
         batch_size: sentences per forward pass.
     """
@@ -139,23 +142,41 @@ class Predictor:
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.entity_params = dict(entity_params or {})
-        fusion = getattr(getattr(model, "config", None), "fusion", None)
-        recorded = getattr(fusion, "entity_generator", None)
-        if entity_generator is None or entity_generator == recorded:
-            entity_generator = recorded or "felzenszwalb"
-            if recorded:  # the training maps' parameters, unless the caller overrides them
-                self.entity_params = {**(fusion.entity_params or {}), **self.entity_params}
-        if sam_checkpoint is not None:
-            if not Path(sam_checkpoint).is_file():
-                raise InputError(
-                    f"SAM checkpoint {str(sam_checkpoint)!r} does not exist; give a sam_vit_*.pth file"
-                )
-            entity_generator = "sam"
-            self.entity_params["checkpoint"] = str(sam_checkpoint)
-        self.entity_generator = entity_generator
+        if sam_checkpoint is not None and not Path(sam_checkpoint).is_file():
+            raise InputError(
+                f"SAM checkpoint {str(sam_checkpoint)!r} does not exist; give a sam_vit_*.pth file"
+            )
+        self._entity_request = (entity_generator, sam_checkpoint, dict(entity_params or {}))
         self.batch_size = max(1, int(batch_size))
         self._generator: Any = None
+        self._entities: Any = None  # InferenceEntities, decided on first use
+
+    def entity_source(self) -> Any:
+        """The :class:`~entitwist.entities.InferenceEntities` (generator name, parameters,
+        note) for ``entities="auto"``; raises a one-line error when it cannot run (an
+        unknown name, SAM without a checkpoint)."""
+        if self._entities is None:
+            from entitwist.entities import inference_generator
+
+            name, ckpt, params = self._entity_request
+            self._entities = inference_generator(
+                getattr(self.model, "config", None), name, sam_checkpoint=ckpt, params=params
+            )
+        return self._entities
+
+    @property
+    def entity_generator(self) -> str:
+        """Name of the generator used for ``entities="auto"``."""
+        return self.entity_source().name
+
+    @property
+    def entity_params(self) -> dict[str, Any]:
+        return dict(self.entity_source().params)
+
+    @property
+    def entity_note(self) -> str | None:
+        """A line to show the user when the generator is not the model's own, else None."""
+        return self.entity_source().note
 
     @classmethod
     def from_pretrained(
@@ -200,7 +221,8 @@ class Predictor:
         if self._generator is None:
             from entitwist.entities import get_generator
 
-            self._generator = get_generator(self.entity_generator, **self.entity_params)
+            source = self.entity_source()
+            self._generator = get_generator(source.name, **source.params)
         return self._generator
 
     def _entities_tensor(

@@ -108,12 +108,20 @@ class SemanticPropagation(nn.Module):
         d_state: SSM state size of the Mamba block.
         mode: ``"mamba"`` (bidirectional selective scan over the 2d channel tokens),
             ``"self_attention"`` (channel-wise self-attention) or ``"none"`` (identity).
+        resize: Down: ``"bilinear"`` (the paper/ReMamber reading; no antialiasing, so each
+            grid cell reads about 4 positions) or ``"area"`` (the mean of each cell,
+            ``adaptive_avg_pool2d``). Up is bilinear either way.
     """
 
-    def __init__(self, scan_size: int = 16, d_state: int = 16, mode: str = "mamba") -> None:
+    def __init__(
+        self, scan_size: int = 16, d_state: int = 16, mode: str = "mamba", resize: str = "bilinear"
+    ) -> None:
         super().__init__()
+        if resize not in ("bilinear", "area"):
+            raise ConfigError(f"fusion.scan_resize={resize!r} is unknown; use bilinear or area")
         self.scan_size = scan_size
         self.mode = mode
+        self.resize = resize
         features = scan_size * scan_size
         if mode == "none":
             self.norm: nn.Module | None = None
@@ -137,7 +145,10 @@ class SemanticPropagation(nn.Module):
             return cube
         b, c, h, w = cube.shape
         s = self.scan_size
-        x = F.interpolate(cube, size=(s, s), mode="bilinear", align_corners=False)  # (B, 2d, s, s)
+        if self.resize == "area":
+            x = F.adaptive_avg_pool2d(cube, (s, s))  # (B, 2d, s, s), every position counts
+        else:
+            x = F.interpolate(cube, size=(s, s), mode="bilinear", align_corners=False)
         x = self.mixer(self.norm(x.flatten(2)))  # (B, 2d, s*s): channels are the sequence
         x = F.interpolate(x.view(b, c, s, s), size=(h, w), mode="bilinear", align_corners=False)
         return cube + x
@@ -255,7 +266,9 @@ class DAT(nn.Module):
         self.dim = dim
         self.order = config.dat
         self.sp = (
-            SemanticPropagation(config.scan_size, config.d_state, config.propagation)
+            SemanticPropagation(
+                config.scan_size, config.d_state, config.propagation, config.scan_resize
+            )
             if self.order in _USES_SP
             else None
         )

@@ -118,12 +118,37 @@ def _tiny_decoder() -> DecoderConfig:
     )
 
 
+# The paper's entity priors: SAM ViT-B automatic masks, K = 40 (section IV-B).
+PAPER_ENTITIES: dict[str, Any] = {
+    "entity_generator": "sam",
+    "entity_params": {"model_type": "vit_b"},
+    "max_entities": 40,
+}
+
+# The tiny models' priors: the weight-free default of `entitwist entities`, K = 40 (the
+# demo records its own store's generator, felzenszwalb-rag, over this).
+TINY_ENTITIES: dict[str, Any] = {"entity_generator": "felzenszwalb", "max_entities": 40}
+
+
+def _paper_fusion() -> FusionConfig:
+    return FusionConfig(**PAPER_ENTITIES)  # dense attention at every stage (the default)
+
+
 def _tiny_fusion(**kw: Any) -> FusionConfig:
-    return FusionConfig(attn_heads=(1, 2, 4, 8), scan_size=4, d_state=4, **kw)
+    # keys/values of stage 1 on a 2x coarser grid, as the tiny models were always trained
+    return FusionConfig(
+        attn_heads=(1, 2, 4, 8),
+        scan_size=4,
+        d_state=4,
+        attn_kv_stride=(2, 1, 1, 1),
+        **TINY_ENTITIES,
+        **kw,
+    )
 
 
 @register_model(
-    "paper default: Swin-B (window 12, 480 px) + bert-base-uncased, SEG + DAT (sp_sa, Mamba)"
+    "paper default: Swin-B (window 12, 480 px) + bert-base-uncased, SEG (SAM ViT-B, K=40) + "
+    "DAT (sp_sa, Mamba), dense attention"
 )
 def entitwist_swinb_bert() -> ModelConfig:
     return ModelConfig(
@@ -132,6 +157,7 @@ def entitwist_swinb_bert() -> ModelConfig:
         text=TextConfig(
             kind="bert", pretrained="bert-base-uncased", hf_config=dict(BERT_BASE_UNCASED)
         ),
+        fusion=_paper_fusion(),
     )
 
 
@@ -143,6 +169,17 @@ def entitwist_swinb_clip() -> ModelConfig:
         text=TextConfig(
             kind="clip", pretrained="openai/clip-vit-large-patch14", hf_config=dict(CLIP_L14_TEXT)
         ),
+        fusion=_paper_fusion(),
+    )
+
+
+@register_model(
+    "fast variant (not the paper): entitwist_swinb_bert with stage-1 attention keys/values "
+    "on a 2x coarser grid"
+)
+def entitwist_swinb_bert_fast() -> ModelConfig:
+    return entitwist_swinb_bert().replace(
+        name="entitwist_swinb_bert_fast", attn_kv_stride=(2, 1, 1, 1)
     )
 
 

@@ -69,10 +69,12 @@ def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
 def check_config(cfg: Any, subcommand: str | None = None) -> None:
     """Fail with one line on a setting that cannot work, before anything is built.
 
-    Checks the model name, overrides and the resulting ModelConfig (K in 0..255, DAT order,
-    ...), the ``save_pretrained`` folder, the dataset name and root, batch sizes, and that
-    ``ckpt_path`` (if any) is a checkpoint readable without executing pickled code.
+    Checks the model name, overrides and the resulting ModelConfig (K in 1..255, DAT order,
+    ...), the ``save_pretrained`` folder, the dataset name and root, batch sizes, the entity
+    store (it must match the model's generator and K: ``entitwist.entities.resolve_store``),
+    and that ``ckpt_path`` (if any) is a checkpoint readable without executing pickled code.
     """
+    from entitwist.entities.resolve import EntitySpec
     from entitwist.models.registry import get_config
 
     pretrained_dir = _get(cfg, "model.init_args.pretrained_dir") or _get(
@@ -120,6 +122,8 @@ def check_config(cfg: Any, subcommand: str | None = None) -> None:
             eval_batch_size=data.get("eval_batch_size"),
             num_workers=data.get("num_workers", 0) or 0,
             max_entities=model_config.fusion.max_entities,
+            entities=data.get("entities", "auto"),
+            need=EntitySpec.of(model_config),  # the entity store must match the model
         )
     ckpt_path = _get(cfg, "ckpt_path")
     if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
@@ -157,13 +161,11 @@ class EntiTwistCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(ExportBestCallback, "export")
-        # The data pipeline uses the model's own tokenizer, input size and K.
+        # The data pipeline uses the model's own tokenizer, input size and entity priors.
         parser.link_arguments("model.tokenizer", "data.tokenizer", apply_on="instantiate")
         parser.link_arguments("model.img_size", "data.img_size", apply_on="instantiate")
-        parser.link_arguments("model.max_entities", "data.max_entities", apply_on="instantiate")
-        parser.link_arguments(
-            "model.entity_generator", "data.entity_generator", apply_on="instantiate"
-        )
+        for name in ("max_entities", "entity_generator", "entity_params", "needs_entities"):
+            parser.link_arguments(f"model.{name}", f"data.{name}", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)

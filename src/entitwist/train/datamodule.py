@@ -21,7 +21,6 @@ splits are sharded across processes without padding, so every expression is scor
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -32,9 +31,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
+from entitwist.entities.resolve import EntitySpec, resolve_store
 from entitwist.errors import ConfigError, DataError
 
-__all__ = ["ReferringDataModule", "ResumableSampler", "ShardSampler", "select_entity_store"]
+__all__ = ["ReferringDataModule", "ResumableSampler", "ShardSampler", "check_data_args"]
 
 
 class ResumableSampler(DistributedSampler):
@@ -93,48 +93,6 @@ class ShardSampler(DistributedSampler):
         return len(range(self.rank, self.length, self.num_replicas))
 
 
-def select_entity_store(
-    root: Path, entities: str | None, max_entities: int, generator: str | None = None
-) -> str | None:
-    """Resolve ``entities="auto"`` against K when a root holds several entity stores.
-
-    ``"auto"`` with one store (or none) is left to the dataset loader. With several, the one
-    whose ``manifest.json`` says ``max_entities == K`` is chosen (the K sweep of Fig. 6 keeps
-    one store per K side by side); among several of K, the one made by ``generator`` (the
-    model's recorded entity generator) when exactly one is; otherwise no match or several
-    matches is a one-line error.
-    """
-    if entities != "auto":
-        return entities
-    base = Path(root) / "entities"
-    if not base.is_dir():
-        return entities
-    stores = []
-    for manifest in sorted(base.glob("*/manifest.json")):
-        if manifest.parent.name.startswith("."):
-            continue
-        try:
-            info = json.loads(manifest.read_text())
-            k, made_by = int(info.get("max_entities", -1)), info.get("generator")
-        except (OSError, ValueError, TypeError, AttributeError):
-            k, made_by = -1, None
-        stores.append((manifest.parent.name, k, made_by))
-    if len(stores) <= 1:
-        return entities
-    matching = [tag for tag, k, _ in stores if k == max_entities]
-    if len(matching) == 1:
-        return matching[0]
-    preferred = [tag for tag, k, g in stores if k == max_entities and generator and g == generator]
-    if len(preferred) == 1:
-        return preferred[0]
-    listed = ", ".join(f"{tag} (K={k})" for tag, k, _ in stores)
-    raise DataError(
-        f"{base} holds several entity stores ({listed}) and "
-        f"{'none' if not matching else 'more than one'} has K={max_entities}; "
-        "set data.entities to one tag"
-    )
-
-
 class ReferringDataModule(LightningDataModule):
     """Train/val/test/predict splits of one dataset (see the module docstring).
 
@@ -147,12 +105,17 @@ class ReferringDataModule(LightningDataModule):
         batch_size: samples per process and step (the paper: 8).
         eval_batch_size: for val/test/predict (default: ``batch_size``).
         num_workers: loader worker processes.
-        entities: ``"auto"`` (the root's entity store; with several, the one of K), a tag,
-            a folder, or ``None`` for no entity maps.
-        max_entities: K (linked from the model); a stored map with a label above K is an error.
-        entity_generator: with ``entities="auto"`` and several stores of K, take the one this
-            generator made (:meth:`for_module` passes the model's recorded
-            ``fusion.entity_generator``).
+        entities: ``"auto"`` (the store under ``<root>/entities`` whose manifest matches
+            the model), a tag, a folder, or ``None``. Whichever way it is chosen, the store
+            must match the model (:func:`entitwist.entities.resolve_store`); no match, or
+            no store while the model needs one, is a one-line :class:`DataError` naming
+            the ``entitwist entities`` command that builds the right one.
+        max_entities: K (linked from the model); the store's manifest must say the same K.
+        entity_generator, entity_params: the generator (and its recorded parameters, e.g.
+            SAM's ``model_type``) the model was built for (linked from the model's
+            ``fusion.entity_generator`` / ``fusion.entity_params``; ``None``: any).
+        needs_entities: whether the model reads entity maps at all (SEG or the entity
+            head; linked from the model). False: no store is looked for or read.
         seed: seeds the shuffling and the one-expression-per-ref draw.
         tokenizer: the model's tokenizer (``module.model.tokenizer``; linked by the CLI).
         dataset_options: extra keyword options of the dataset loader (e.g. ``mask_threshold``).
@@ -174,6 +137,8 @@ class ReferringDataModule(LightningDataModule):
         entities: str | None = "auto",
         max_entities: int = 40,
         entity_generator: str | None = None,
+        entity_params: dict[str, Any] | None = None,
+        needs_entities: bool = True,
         seed: int = 0,
         tokenizer: Any = None,
         dataset_options: dict[str, Any] | None = None,
@@ -199,6 +164,9 @@ class ReferringDataModule(LightningDataModule):
         self.entities = entities
         self.max_entities = int(max_entities)
         self.entity_generator = entity_generator
+        self.entity_params = dict(entity_params or {})
+        self.needs_entities = bool(needs_entities)
+        self._entity_store: tuple[Path | None] | None = None  # resolved once
         self.seed = int(seed)
         self.tokenizer = tokenizer
         self.dataset_options = dict(dataset_options or {})
@@ -211,8 +179,26 @@ class ReferringDataModule(LightningDataModule):
         config = module.model.config
         kwargs.setdefault("img_size", config.visual.img_size)
         kwargs.setdefault("max_entities", config.fusion.max_entities)
+        spec = EntitySpec.of(config)
         kwargs.setdefault("entity_generator", config.fusion.entity_generator)
+        kwargs.setdefault("entity_params", dict(config.fusion.entity_params or {}))
+        kwargs.setdefault("needs_entities", spec is not None)
         return cls(tokenizer=module.model.tokenizer, **kwargs)
+
+    # ------------------------------------------------------------------ entity store
+    def entity_spec(self) -> EntitySpec | None:
+        """What the model needs from the entity store (None: it reads no entity maps)."""
+        if not self.needs_entities:
+            return None
+        return EntitySpec(self.entity_generator, self.max_entities, self.entity_params)
+
+    def entity_store(self) -> Path | None:
+        """The entity store folder every split reads (resolved once; see ``entities``)."""
+        if self._entity_store is None:
+            spec = self.entity_spec()
+            folder = None if spec is None else resolve_store(self.root, self.entities, spec)
+            self._entity_store = (folder,)
+        return self._entity_store[0]
 
     # ------------------------------------------------------------------ datasets
     def _load(self, stage: str) -> Any:
@@ -226,9 +212,8 @@ class ReferringDataModule(LightningDataModule):
                 "ReferringDataModule has no tokenizer; build it with "
                 "ReferringDataModule.for_module(module, ...) or pass tokenizer=model.tokenizer"
             )
-        entities = select_entity_store(
-            self.root, self.entities, self.max_entities, self.entity_generator
-        )
+        store = self.entity_store()
+        entities = None if store is None else str(store)
         return load_dataset(
             self.dataset_name,
             self.root,
@@ -347,12 +332,17 @@ def check_data_args(
     eval_batch_size: int | None = None,
     num_workers: int = 0,
     max_entities: int = 40,
+    entities: str | None = "auto",
+    need: EntitySpec | None = None,
 ) -> None:
     """One-line :class:`ConfigError` / :class:`DataError` for a data setting that cannot work.
 
-    Cheap (no file is read besides a ``stat``), so the CLI calls it before building anything.
+    Cheap (a ``stat`` and the entity stores' manifests), so the CLI calls it before building
+    anything. With ``need`` (the model's :meth:`EntitySpec.of`), the entity store is
+    resolved too: a missing or mismatched store stops here, before any step.
     """
     from entitwist.data import list_datasets
+    from entitwist.entities.labelmap import check_max_entities
 
     if dataset not in list_datasets():
         raise ConfigError(
@@ -372,9 +362,8 @@ def check_data_args(
         )
     if int(num_workers) < 0:
         raise ConfigError(f"num_workers={num_workers} must be 0 or more")
-    if not 0 <= int(max_entities) <= 255:
-        raise ConfigError(
-            f"K = max_entities={max_entities} is out of range; label maps are uint8, use 0..255"
-        )
+    check_max_entities(max_entities)
     if int(img_size) < 32 or int(img_size) % 32:
         raise ConfigError(f"img_size={img_size} must be a positive multiple of 32")
+    if need is not None:
+        resolve_store(path, entities, need)

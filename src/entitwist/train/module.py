@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from entitwist.errors import CheckpointError, ConfigError, EntitwistError
+from entitwist.errors import CheckpointError, ConfigError, DataError, EntitwistError
 from entitwist.metrics import ReferringMetrics, upsample_to_original
 from entitwist.models.loss import DICE_WEIGHT, ENTITY_LOSS_WEIGHT
 
@@ -187,7 +186,6 @@ class EntiTwistModule(LightningModule):
         self.test_results: dict[str, dict[str, float]] = {}
         self.val_results: dict[str, dict[str, float]] = {}
         self._rng_to_restore: dict[str, Any] | None = None
-        self._warned_no_entities = False
         self._text_cache: Any = None  # (device, TextFeatureCache) of a frozen text encoder
 
     # ------------------------------------------------------------------ what the data needs
@@ -208,8 +206,20 @@ class EntiTwistModule(LightningModule):
 
     @property
     def entity_generator(self) -> str | None:
-        """The generator recorded as the source of the model's entity maps, or None."""
+        """The generator the model's entity maps must come from, or None (any)."""
         return self.model.config.fusion.entity_generator
+
+    @property
+    def entity_params(self) -> dict[str, Any]:
+        """The generator parameters the entity store must have (e.g. SAM's model_type)."""
+        return dict(self.model.config.fusion.entity_params or {})
+
+    @property
+    def needs_entities(self) -> bool:
+        """Whether the model reads entity maps (SEG or the entity head)."""
+        from entitwist.entities.resolve import EntitySpec
+
+        return EntitySpec.of(self.model.config) is not None
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, Any], return_entity_scores: bool = False) -> Any:
@@ -217,12 +227,11 @@ class EntiTwistModule(LightningModule):
         ``return_entity_scores``, ``(logits, scores)``, the entity head's (B, K) scores or
         None."""
         entities = batch.get("entities")
-        if entities is None and self.model.config.fusion.seg and not self._warned_no_entities:
-            self._warned_no_entities = True
-            warnings.warn(
-                "SEG is on but the batches carry no entity maps, so G = 0; compute them with "
-                "`entitwist entities ROOT` or turn SEG off (model_overrides: {seg: false})",
-                stacklevel=2,
+        if entities is None and self.needs_entities:
+            raise DataError(
+                "the model uses entity priors (SEG) but the batch carries no entity maps; "
+                "build the store with `entitwist entities ROOT` and load the data through "
+                "ReferringDataModule.for_module, or turn SEG off (model_overrides: {seg: false})"
             )
         text = self._frozen_text_features(batch["input_ids"], batch["attention_mask"])
         out = self.model(
@@ -365,7 +374,7 @@ class EntiTwistModule(LightningModule):
 
         logits = self(batch)  # (B, 2, S, S)
         target = batch["mask"]  # (B, S, S)
-        loss = referring_loss(logits, target)
+        loss = referring_loss(logits, target, dice_weight=self.dice_weight)  # as in training
         metrics["lavt"].update(logits.argmax(dim=1).bool(), target.bool())
         for i, mask in enumerate(batch.get("mask_orig") or []):
             mask = torch.as_tensor(mask, device=logits.device).bool()  # (H, W)
@@ -447,10 +456,10 @@ class EntiTwistModule(LightningModule):
         self._rng_to_restore = checkpoint.get(_RNG_KEY)
 
     def _record_entity_source(self) -> None:
-        """Write the training maps' generator into the model config (when not set), so that
-        exported models tell the predictor which entities to compute for new images."""
-        fusion = self.model.config.fusion
-        if fusion.entity_generator is not None or not fusion.seg or self._trainer is None:
+        """Write the training store's generator and all its parameters into the model config
+        (the store matched what the config recorded, so this only adds detail), so that
+        exported models tell the predictor exactly which entities to compute for new images."""
+        if not self.needs_entities or self._trainer is None:
             return
         manifest = _entity_manifest(self.trainer.train_dataloader)
         if manifest and manifest.get("generator"):
@@ -458,6 +467,26 @@ class EntiTwistModule(LightningModule):
                 fusion__entity_generator=str(manifest["generator"]),
                 fusion__entity_params=dict(manifest.get("params") or {}),
             )
+
+    def setup(self, stage: str) -> None:
+        """Under DDP on GPUs, the decoder's BatchNorm layers become ``SyncBatchNorm``.
+
+        Why: the paper trains with batch 8 on one GPU, so the decoder's BatchNorm sees 8
+        samples per step. Under DDP ``data.batch_size`` is per process (8/N to keep the
+        paper's total), and plain BatchNorm would normalise each process's 8/N samples on
+        their own: noisier statistics (1-2 samples per process on 4-8 GPUs) than the
+        paper's and running statistics that depend on N. Synchronised statistics over the
+        whole batch keep training equivalent to the paper's single-GPU recipe. The
+        parameters and buffers are the same, so checkpoints and exports do not change. On
+        CPUs (the demo's two DDP processes) BatchNorm stays per process: PyTorch's
+        SyncBatchNorm needs a GPU.
+        """
+        trainer = self._trainer
+        if trainer is None or stage != "fit" or trainer.world_size <= 1:
+            return
+        if trainer.strategy.root_device.type != "cuda":
+            return
+        self.model.decoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model.decoder)
 
     def on_train_start(self) -> None:
         self._record_entity_source()

@@ -136,12 +136,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dataset(args: argparse.Namespace, model: Any) -> Any:
     from entitwist.data import load_dataset
-    from entitwist.train.datamodule import check_data_args, select_entity_store
+    from entitwist.entities.resolve import EntitySpec, resolve_store
+    from entitwist.train.datamodule import check_data_args
 
     check_data_args(dataset=args.dataset, root=args.root)
     k = model.config.fusion.max_entities
-    ent = None if str(args.data_entities).lower() == "none" else args.data_entities
-    ent = select_entity_store(Path(args.root), ent, k, model.config.fusion.entity_generator)
+    need = EntitySpec.of(model.config)  # the store must match the model's generator and K
+    store = (
+        None
+        if need is None
+        else resolve_store(Path(args.root), args.data_entities, need, option="--data-entities")
+    )
+    ent = None if store is None else str(store)
     return load_dataset(
         args.dataset,
         args.root,
