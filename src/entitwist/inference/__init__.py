@@ -8,6 +8,9 @@
   blended overlapping tiles, bounded memory).
 - :mod:`entitwist.inference.vector`: polygons in the image's CRS, GeoJSON / GeoPackage.
 - :mod:`entitwist.inference.overlay`: the overlay picture with the sentence.
+- :mod:`entitwist.inference.pipeline`: image -> entity map -> probability -> outputs (the one
+  path of ``entitwist segment``, the page and the figures); :mod:`entitwist.inference.batch`:
+  many images with one model (resumable; several processes / GPUs through Lightning).
 - :mod:`entitwist.inference.cli`: ``entitwist segment``.
 
 Names are imported lazily so that ``from entitwist.inference import Predictor`` does not pull
@@ -25,7 +28,8 @@ _LAZY = {
     "RasterSource": "entitwist.inference.raster",
     "TilingOptions": "entitwist.inference.tiling",
     "segment_scene": "entitwist.inference.tiling",
-    "segment_to_files": "entitwist.inference.cli",
+    "segment_to_files": "entitwist.inference.pipeline",
+    "SegmentOptions": "entitwist.inference.pipeline",
     "mask_to_polygons": "entitwist.inference.vector",
     "write_polygons": "entitwist.inference.vector",
     "render_overlay": "entitwist.inference.overlay",

@@ -1,6 +1,8 @@
-"""``entitwist segment IMAGE "SENTENCE" -o OUT [options]``: segment an image or a GeoTIFF.
+"""``entitwist segment IMAGE "SENTENCE" -o OUT [options]``: segment an image or a GeoTIFF,
+or many (a folder, a glob, or a CSV / JSONL list) with the model loaded once.
 
-Outputs are chosen by ``-o`` (repeatable) from the file name, or by explicit flags:
+Outputs of one image are chosen by ``-o`` (repeatable) from the file name, or by explicit
+flags:
 
 ======================  =================================================================
 ``-o x.png``            mask PNG (0/255)            (``--mask-png``)
@@ -16,37 +18,35 @@ Outputs are chosen by ``-o`` (repeatable) from the file name, or by explicit fla
                         ``stem_probability.tif``, ``stem.geojson``, ``stem_overlay.png``
 ======================  =================================================================
 
-Every output is written to a temporary file beside it and renamed only when the whole run
-succeeded, so a failed run leaves nothing behind; an existing output is refused unless
-``--overwrite``. Scenes larger than ``--max-side`` are localised on a reduced view and
-refined with overlapping ``--tile-size`` tiles (see :mod:`entitwist.inference.tiling`).
+Every output is written to a temporary file beside it and renamed only when the whole image
+succeeded; an existing output is refused unless ``--overwrite``. Scenes larger than
+``--max-side`` are localised on a reduced view and refined with overlapping ``--tile-size``
+tiles (:mod:`entitwist.inference.tiling`).
+
+Many images: ``-o`` names the output folder; each image gets ``<folder>/<image stem>`` (or
+the row's ``output``) with the ``--kinds`` outputs. Images whose outputs all exist are
+skipped (``--overwrite`` redoes them); an image that fails is written to
+``<folder>/failures.jsonl`` and the others go on (exit status 1 when any failed).
+``--devices N`` runs on Lightning's predict loop in N processes (or GPUs).
+
+This module only parses the command line; the work is :mod:`entitwist.inference.pipeline`
+and :mod:`entitwist.inference.batch`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
-import os
-import shutil
 import sys
-import tempfile
-import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from entitwist.errors import InputError
 from entitwist.utils.cli_parser import OneLineArgumentParser
 
-__all__ = ["main", "build_parser", "OutputPlan", "plan_outputs", "segment_to_files"]
-
-_PNG = {".png"}
-_TIF = {".tif", ".tiff"}
-_VEC = {".geojson", ".json", ".gpkg"}
+__all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="entitwist segment",
         description="Segment the object a sentence refers to in an image or GeoTIFF.",
     )
-    p.add_argument("image", help="PNG, JPEG, TIFF or GeoTIFF")
-    p.add_argument("sentence", help='the referring sentence, e.g. "the largest storage tank"')
+    p.add_argument(
+        "image",
+        help="PNG, JPEG, TIFF or GeoTIFF; or, for many images, a folder, a quoted glob "
+        "('tiles/*.tif') or a CSV / JSONL list with columns image,sentence[,output]",
+    )
+    p.add_argument(
+        "sentence",
+        nargs="?",
+        help='the referring sentence, e.g. "the largest storage tank" (for a list: the '
+        "sentence of rows without one)",
+    )
     p.add_argument("-m", "--model", required=True, help="a save_pretrained folder (or a hub id)")
     p.add_argument(
         "-o",
@@ -63,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="OUT",
-        help="output file, kind chosen by its name (repeatable); no suffix writes all kinds",
+        help="output file, kind chosen by its name (repeatable); no suffix writes all kinds; "
+        "for many images: the output folder",
     )
     p.add_argument("--mask-png", metavar="PATH", help="mask PNG (0/255)")
     p.add_argument("--mask-tif", metavar="PATH", help="mask GeoTIFF (uint8 0/1) on the input grid")
@@ -88,10 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--entity-generator",
         default=None,
-        help="generator for --entities auto (default: the one the model was trained with, "
-        "as its config records, else felzenszwalb)",
+        help="generator for --entities auto (default: the one the model was built for, as its "
+        "config records, e.g. sam for the paper's models; another one is reported)",
     )
-    p.add_argument("--sam-checkpoint", help="segment-anything checkpoint: SAM entities")
+    p.add_argument(
+        "--sam-checkpoint",
+        help="segment-anything checkpoint (sam_vit_b_01ec64.pth): needed for models built for "
+        "SAM entity maps",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
     p.add_argument(
         "--simplify", type=float, default=0.0, help="polygon simplification tolerance (CRS units)"
@@ -117,424 +131,77 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlay-max-side", type=int, default=1600, help="longer side of the overlay picture"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
+    g = p.add_argument_group("many images")
+    g.add_argument(
+        "--kinds",
+        default="all",
+        help="outputs per image: all, or some of mask_png,mask_tif,probability,polygons,overlay",
+    )
+    g.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    g.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="processes (CPU) or GPUs on Lightning's predict loop; outputs are the same for any",
+    )
+    g.add_argument("--num-nodes", type=int, default=1, help="machines of a multi-machine run")
     return p
 
 
-KINDS = ("mask_png", "mask_tif", "probability", "polygons", "overlay")
+def _options(args: argparse.Namespace) -> Any:
+    from entitwist.inference.pipeline import SegmentOptions
+    from entitwist.inference.tiling import TilingOptions
 
-
-@dataclass
-class OutputPlan:
-    """The outputs to write: ``(kind, path)`` pairs, kind one of :data:`KINDS`.
-
-    A kind may appear more than once (``-o roofs.geojson -o roofs.gpkg``).
-    """
-
-    outputs: list[tuple[str, Path]] = field(default_factory=list)
-
-    def targets(self) -> list[tuple[str, Path]]:
-        return list(self.outputs)
-
-    def paths(self, kind: str) -> list[Path]:
-        return [p for k, p in self.outputs if k == kind]
-
-    @property
-    def geo_outputs(self) -> list[str]:
-        return [k for k in ("mask_tif", "probability", "polygons") if self.paths(k)]
-
-
-def _classify(path: Path) -> str:
-    suffix = path.suffix.lower()
-    name = path.name.lower()
-    if suffix in _PNG:
-        return "overlay" if name.endswith("overlay.png") else "mask_png"
-    if suffix in _TIF:
-        return "probability" if "prob" in path.stem.lower() else "mask_tif"
-    if suffix in _VEC:
-        return "polygons"
-    if suffix == "":
-        return "stem"
-    raise InputError(
-        f"output {str(path)!r} has an unsupported suffix {path.suffix!r}; use .png, .tif, .geojson, .gpkg "
-        "or no suffix (all outputs)"
+    opts = SegmentOptions(
+        bands=args.bands,
+        stretch=args.stretch,
+        nodata=args.nodata,
+        entities=args.entities,
+        simplify=args.simplify,
+        min_area=args.min_area,
+        tiling=TilingOptions(
+            max_side=args.max_side,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            mode=args.tiling,
+            roi_threshold=args.roi_threshold,
+        ),
+        overlay_max_side=args.overlay_max_side,
     )
-
-
-def plan_outputs(args: argparse.Namespace) -> OutputPlan:
-    """Resolve ``-o`` names and flags into an :class:`OutputPlan` and check every target."""
-    plan = OutputPlan()
-    chosen: list[tuple[str, Path]] = []
-    for out in args.output:
-        path = Path(out)
-        kind = _classify(path)
-        if kind == "stem":
-            chosen += [
-                ("mask_png", path.with_name(path.name + "_mask.png")),
-                ("mask_tif", path.with_name(path.name + "_mask.tif")),
-                ("probability", path.with_name(path.name + "_probability.tif")),
-                ("polygons", path.with_name(path.name + ".geojson")),
-                ("overlay", path.with_name(path.name + "_overlay.png")),
-            ]
-        else:
-            chosen.append((kind, path))
-    required = {
-        "mask_png": _PNG,
-        "mask_tif": _TIF,
-        "probability": _TIF,
-        "polygons": _VEC,
-        "overlay": _PNG,
-    }
-    for kind in required:
-        value = getattr(args, kind)
-        if value is not None:
-            path = Path(value)
-            if path.suffix.lower() not in required[kind]:
-                flag = "--" + kind.replace("_", "-")
-                raise InputError(
-                    f"{flag} {value!r} must end in {' or '.join(sorted(required[kind]))}"
-                )
-            chosen.append((kind, path))
-    if not chosen:
-        raise InputError(
-            "no output given; add -o OUT (e.g. -o mask.tif, -o roofs.gpkg, or -o run1 for all)"
-        )
-    image = Path(args.image).resolve()
-    seen: dict[Path, str] = {}
-    for kind, path in chosen:
-        resolved = path.resolve()
-        if resolved in seen:
-            raise InputError(
-                f"output {str(path)!r} is given twice; give each output its own file name"
-            )
-        if resolved == image:
-            raise InputError(f"output {str(path)!r} is the input image; choose another file name")
-        if path.is_dir():
-            raise InputError(f"output {str(path)!r} is a directory; give a file name inside it")
-        if not path.parent.exists() or not path.parent.is_dir():
-            raise InputError(f"output folder {str(path.parent)!r} does not exist; create it first")
-        if not os.access(path.parent, os.W_OK):
-            raise InputError(
-                f"output folder {str(path.parent)!r} is not writable; choose another folder"
-            )
-        if path.exists() and not args.overwrite:
-            raise InputError(f"output {str(path)!r} exists; pass --overwrite to replace it")
-        seen[resolved] = kind
-        plan.outputs.append((kind, path))
-    return plan
-
-
-def _check_options(args: argparse.Namespace) -> None:
-    if not args.sentence.strip():
-        raise InputError(
-            "the sentence is empty; give a referring sentence such as 'the largest building'"
-        )
-    if args.simplify < 0 or not math.isfinite(args.simplify):
-        raise InputError(
-            f"--simplify {args.simplify:g} must be a finite tolerance >= 0 (CRS units)"
-        )
-    if args.min_area < 0 or not math.isfinite(args.min_area):
-        raise InputError(
-            f"--min-area {args.min_area:g} must be a finite area >= 0 (CRS units squared)"
-        )
-    if args.nodata is not None and not math.isfinite(args.nodata):
-        raise InputError(f"--nodata {args.nodata} must be a finite number")
-    if args.overlay_max_side < 16:
-        raise InputError(
-            f"--overlay-max-side {args.overlay_max_side} is too small; use at least 16"
-        )
+    opts.validate()
     if args.sam_checkpoint is not None and not Path(args.sam_checkpoint).is_file():
         raise InputError(
             f"--sam-checkpoint {args.sam_checkpoint!r} does not exist; give a sam_vit_*.pth file"
         )
+    return opts
 
 
-class _LabelMapSource:
-    """An entity label-map file read by windows, checked against the image grid."""
-
-    def __init__(self, path: str, shape: tuple[int, int], max_entities: int) -> None:
-        import rasterio
-
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(
-                f"--entities {path!r} does not exist; give a label-map file, 'auto' or 'none'"
-            )
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.ds = rasterio.open(p)
-        except Exception:
-            raise InputError(
-                f"--entities {path!r} is not a readable label-map image; recompute it"
-            ) from None
-        if (self.ds.height, self.ds.width) != shape:
-            size = f"{self.ds.width}x{self.ds.height}"
-            self.ds.close()
-            raise InputError(
-                f"--entities {path!r} is {size} but the image is {shape[1]}x{shape[0]}; give the image's label map"
-            )
-        if np.dtype(self.ds.dtypes[0]).kind not in "ui":
-            self.ds.close()
-            raise InputError(
-                f"--entities {path!r} does not hold integer labels; give a uint8 label map"
-            )
-        self.path, self.max_entities = path, max_entities
-
-    def read(self, window: Any, shape: tuple[int, int]) -> np.ndarray:
-        from rasterio.enums import Resampling
-
-        labels = self.ds.read(
-            1, window=window, out_shape=shape, resampling=Resampling.nearest
-        )  # (h, w)
-        if labels.size and labels.max() > self.max_entities:
-            raise InputError(
-                f"--entities {self.path!r} holds label {int(labels.max())} > {self.max_entities} (the model's "
-                "max_entities); recompute it with entitwist entities"
-            )
-        return labels.astype(np.int64)
-
-    def close(self) -> None:
-        self.ds.close()
-
-
-def _warn_sentence_length(predictor: Any, sentence: str) -> None:
-    tokenizer = getattr(predictor.model, "tokenizer", None)
-    if tokenizer is None or not hasattr(tokenizer, "encode"):
-        return
-    n, limit = len(tokenizer.encode(sentence)), int(tokenizer.max_tokens)
-    if n > limit:
-        warnings.warn(
-            f"the sentence has {n} tokens but the model reads at most {limit}; it was truncated "
-            f"(the model sees: {tokenizer.decode(tokenizer(sentence)['input_ids'][0])!r})",
-            UserWarning,
-            stacklevel=2,
-        )
-
-
-def plan_paths(pairs: list[tuple[str, Path]], kind: str) -> list[Path]:
-    """The paths of one kind in a list of ``(kind, path)`` pairs."""
-    return [p for k, p in pairs if k == kind]
-
-
-def segment_to_files(
-    image: str | os.PathLike,
-    sentence: str,
-    predictor: Any,
-    plan: OutputPlan,
-    *,
-    bands: str | None = None,
-    stretch: str | None = None,
-    nodata: float | None = None,
-    entities: str = "auto",
-    simplify: float = 0.0,
-    min_area: float = 0.0,
-    tiling: Any = None,
-    overwrite: bool = False,
-    overlay_max_side: int = 1600,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Segment ``image`` for ``sentence`` with ``predictor`` and write the planned outputs.
-
-    All outputs are written to temporary files and renamed together at the end; on any
-    error nothing is left behind. Returns a summary dict (shape, CRS, mask pixels, tiles).
-    """
-    import rasterio
-    import rasterio.shutil
-
-    from entitwist.inference.overlay import save_overlay
-    from entitwist.inference.raster import RasterSource, gdal_env, open_writer, parse_stretch
-    from entitwist.inference.tiling import TilingOptions, segment_scene
-    from entitwist.inference.vector import filter_polygons, raster_to_polygons, write_polygons
-    from entitwist.utils import atomic_path
-
-    opts = tiling or TilingOptions()
-    opts.validate()
-    stretch_pct = parse_stretch(stretch)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(gdal_env())
-        source = stack.enter_context(
-            RasterSource(image, bands=bands, stretch=stretch_pct, nodata=nodata)
-        )
-        if plan.geo_outputs and source.crs is None:
-            warnings.warn(
-                f"{image} has no CRS; {', '.join(plan.geo_outputs)} written without one "
-                "(pixel-grid transform only)",
-                UserWarning,
-                stacklevel=2,
-            )
-        # Entities
-        ent_mode = (entities or "auto").strip()
-        labels: _LabelMapSource | None = None
-        if ent_mode.lower() == "none":
-            ent_mode = "none"
-        elif ent_mode.lower() != "auto":
-            labels = _LabelMapSource(ent_mode, source.shape, predictor.max_entities)
-            stack.callback(labels.close)
-        _warn_sentence_length(predictor, sentence)
-        if ent_mode == "auto" and predictor.uses_entities:
-            predictor.get_entity_generator()  # an unknown generator or bad checkpoint fails now
-
-        def predict(rgb: np.ndarray, window: Any) -> np.ndarray:
-            if labels is not None:
-                ent: Any = labels.read(window, rgb.shape[:2])
-            else:
-                ent = None if ent_mode == "none" else "auto"
-            # tiles come back at the network's resolution; tiling resamples them row band
-            # by row band (the whole-scene view comes back at its own size)
-            size = "image" if window is None else None
-            return predictor.predict_probability(rgb, [sentence], entities=ent, output_size=size)[0]
-
-        # Temporary targets: renamed onto the real paths only when everything succeeded.
-        temps: list[tuple[str, Path]] = [
-            (kind, stack.enter_context(atomic_path(path, overwrite=overwrite)))
-            for kind, path in plan.targets()
-        ]
-        tmp: dict[str, Path] = {}  # the first temporary file of each kind
-        for kind, path in temps:
-            tmp.setdefault(kind, path)
-        scratch = Path(
-            stack.enter_context(
-                tempfile.TemporaryDirectory(prefix=".entitwist-", dir=plan.targets()[0][1].parent)
-            )
-        )
-        mask_path = tmp.get("mask_tif", scratch / "mask.tif")
-        writers: dict[str, Any] = {}
-        writers["mask"] = open_writer(mask_path, source, dtype="uint8")
-        if "probability" in tmp:
-            writers["prob"] = open_writer(
-                tmp["probability"], source, dtype="float32", nodata=float("nan")
-            )
-        if "mask_png" in tmp:
-            writers["png"] = open_writer(
-                scratch / "mask255.tif", source, dtype="uint8", georeference=False
-            )
-        for w in writers.values():
-            stack.callback(w.close)
-        counts = {"mask": 0, "valid": 0}
-
-        def sink(r0: int, r1: int, prob: np.ndarray, mask: np.ndarray) -> None:
-            from rasterio.windows import Window
-
-            win = Window(0, r0, source.width, r1 - r0)
-            m8 = mask.astype(np.uint8)
-            writers["mask"].write(m8, 1, window=win)
-            if "prob" in writers:
-                writers["prob"].write(prob.astype(np.float32), 1, window=win)
-            if "png" in writers:
-                writers["png"].write(m8 * 255, 1, window=win)
-            counts["mask"] += int(mask.sum())
-            counts["valid"] += int(np.isfinite(prob).sum())
-
-        started = time.perf_counter()
-        result = segment_scene(source, predict, sink, opts, progress=progress)
-        for w in writers.values():
-            w.close()
-        for kind, path in temps:
-            if kind == "mask_png":
-                path.unlink(missing_ok=True)
-                rasterio.shutil.copy(scratch / "mask255.tif", path, driver="PNG")
-            elif kind in {"mask_tif", "probability"} and path != tmp[kind]:
-                shutil.copyfile(tmp[kind], path)
-        n_polygons = None
-        if "polygons" in tmp:
-            polys = raster_to_polygons(
-                mask_path, source.transform if source.georeferenced else None
-            )
-            polys = filter_polygons(polys, min_area=min_area, tolerance=simplify)
-            for path in plan_paths(temps, "polygons"):
-                write_polygons(path, polys, source.crs, sentence=sentence)
-            n_polygons = len(polys)
-        if "overlay" in tmp:
-            from rasterio.enums import Resampling
-
-            with rasterio.open(mask_path) as ds:
-                small = (
-                    ds.read(
-                        1, out_shape=result.overview_rgb.shape[:2], resampling=Resampling.nearest
-                    )
-                    > 0
-                )
-            for path in plan_paths(temps, "overlay"):
-                save_overlay(path, result.overview_rgb, small, sentence, max_side=overlay_max_side)
-        seconds = time.perf_counter() - started
-        umask = os.umask(0)
-        os.umask(umask)
-        for _, path in temps:  # mkstemp makes 0600 files; give outputs the usual mode
-            path.chmod(0o666 & ~umask)
-    return {
-        "width": source.width,
-        "height": source.height,
-        "crs": None if source.crs is None else source.crs.to_string(),
-        "mask_pixels": counts["mask"],
-        "valid_pixels": counts["valid"],
-        "polygons": n_polygons,
-        "tiled": result.tiled,
-        "tiles_refined": result.tiles_refined,
-        "tiles_total": result.tiles_total,
-        "seconds": seconds,
-        "outputs": [(k, str(p)) for k, p in plan.targets()],
-    }
-
-
-def main(argv: list[str]) -> int:
-    """Run ``entitwist segment``; user errors raise :class:`~entitwist.errors.EntitwistError` (exit 2 via the dispatcher)."""
-    from rasterio.errors import NotGeoreferencedWarning
-
-    from entitwist.inference.tiling import TilingOptions
-
-    args = build_parser().parse_args(argv)
-    _check_options(args)
-    tiling = TilingOptions(
-        max_side=args.max_side,
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        mode=args.tiling,
-        roi_threshold=args.roi_threshold,
-    )
-    tiling.validate()
-    from entitwist.inference.raster import parse_stretch
-
-    parse_stretch(args.stretch)  # fail early on a malformed stretch
-    plan = plan_outputs(args)
-    # Check the image before loading the model (cheap, and the usual mistake).
-    from entitwist.inference.raster import RasterSource, gdal_env
-
-    with gdal_env(), RasterSource(args.image, bands=args.bands, nodata=args.nodata):
-        pass
+def _load(args: argparse.Namespace) -> Any:
     from entitwist.inference.predictor import Predictor, resolve_device
 
     resolve_device(args.device)
-    predictor = Predictor.from_pretrained(
+    return Predictor.from_pretrained(
         args.model,
         device=args.device,
         entity_generator=args.entity_generator,
         sam_checkpoint=args.sam_checkpoint,
+        batch_size=max(8, args.batch_size),
     )
+
+
+@contextlib.contextmanager
+def _reported_warnings() -> Iterator[None]:
+    """Show each distinct user warning once, as ``entitwist: warning: ...``."""
+    from rasterio.errors import NotGeoreferencedWarning
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        warnings.filterwarnings(
-            "ignore", message="expression longer than"
-        )  # reported by our own line
+        warnings.filterwarnings("ignore", message="expression longer than")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # plain PNG/JPEG inputs
+        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)  # plain PNG/JPEG
         try:
-            summary = segment_to_files(
-                args.image,
-                args.sentence,
-                predictor,
-                plan,
-                bands=args.bands,
-                stretch=args.stretch,
-                nodata=args.nodata,
-                entities=args.entities,
-                simplify=args.simplify,
-                min_area=args.min_area,
-                tiling=tiling,
-                overwrite=args.overwrite,
-                overlay_max_side=args.overlay_max_side,
-                progress=not args.quiet,
-            )
+            yield
         finally:
             seen = set()
             for w in caught:
@@ -542,6 +209,40 @@ def main(argv: list[str]) -> int:
                 if msg not in seen and issubclass(w.category, UserWarning):
                     seen.add(msg)
                     print(f"entitwist: warning: {msg}", file=sys.stderr)
+
+
+def _single(args: argparse.Namespace) -> int:
+    from entitwist.inference.outputs import plan_outputs
+    from entitwist.inference.pipeline import segment_to_files
+    from entitwist.inference.raster import RasterSource, gdal_env
+
+    if args.sentence is None:
+        raise InputError(
+            "the sentence is required: entitwist segment IMAGE SENTENCE -m MODEL -o OUT"
+        )
+    if not args.sentence.strip():
+        raise InputError(
+            "the sentence is empty; give a referring sentence such as 'the largest building'"
+        )
+    opts = _options(args)
+    flags = {
+        k: getattr(args, k) for k in ("mask_png", "mask_tif", "probability", "polygons", "overlay")
+    }
+    plan = plan_outputs(args.output, flags, image=args.image, overwrite=args.overwrite)
+    # Check the image before loading the model (cheap, and the usual mistake).
+    with gdal_env(), RasterSource(args.image, bands=args.bands, nodata=args.nodata):
+        pass
+    predictor = _load(args)
+    with _reported_warnings():
+        summary = segment_to_files(
+            args.image,
+            args.sentence,
+            predictor,
+            plan,
+            opts,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
     if not args.quiet:
         share = 100.0 * summary["mask_pixels"] / max(1, summary["valid_pixels"])
         tiles = (
@@ -556,6 +257,94 @@ def main(argv: list[str]) -> int:
         for kind, path in summary["outputs"]:
             print(f"  {kind:<12} {path}")
     return 0
+
+
+def _accelerator(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return "gpu"
+    return "cpu"
+
+
+def _many(args: argparse.Namespace) -> int:
+    from entitwist.inference.batch import BatchSettings, collect_items, segment_batch
+    from entitwist.inference.outputs import check_output_folder, parse_kinds
+
+    if len(args.output) != 1 or any(
+        getattr(args, k) for k in ("mask_png", "mask_tif", "probability", "polygons", "overlay")
+    ):
+        raise InputError(
+            "for many images give one output folder with -o DIR (and --kinds to choose outputs)"
+        )
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size} must be at least 1")
+    out_dir = Path(args.output[0])
+    if out_dir.suffix.lower() in {".png", ".tif", ".tiff", ".geojson", ".json", ".gpkg"}:
+        what = "a directory" if Path(args.image).is_dir() else "a list or glob"
+        raise InputError(
+            f"{args.image!r} is {what} of images, so -o names an output folder, not the file "
+            f"{args.output[0]!r}; give e.g. -o results"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output folder {str(out_dir)!r} is a file; give a folder")
+    if not out_dir.exists() and out_dir.parent.is_dir():
+        with contextlib.suppress(OSError):
+            out_dir.mkdir()
+    check_output_folder(out_dir)
+    kinds = parse_kinds(args.kinds)
+    opts = _options(args)
+    accelerator = _accelerator(args.device)
+    if args.devices * args.num_nodes > 1:
+        from entitwist.inference.batch_ddp import check_devices
+
+        check_devices(args.devices, args.num_nodes, accelerator)
+    items = collect_items(args.image, args.sentence, out_dir)
+    predictor = _load(args)
+    settings = BatchSettings(
+        out_dir=out_dir,
+        options=opts,
+        kinds=kinds,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+    )
+    with _reported_warnings():
+        statuses = segment_batch(
+            items,
+            predictor,
+            settings,
+            devices=args.devices,
+            num_nodes=args.num_nodes,
+            accelerator=accelerator,
+            progress=not args.quiet,
+        )
+    counts = {k: sum(s["status"] == k for s in statuses) for k in ("done", "skipped", "failed")}
+    report = out_dir / "failures.jsonl"
+    if not args.quiet and statuses:
+        print(
+            f"{len(statuses)} image(s): {counts['done']} segmented, {counts['skipped']} skipped "
+            f"(finished), {counts['failed']} failed; outputs in {out_dir}"
+        )
+    if counts["failed"]:
+        print(
+            f"entitwist: {counts['failed']} of {len(statuses)} image(s) failed; see {report}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Run ``entitwist segment``; user errors raise :class:`~entitwist.errors.EntitwistError`
+    (exit 2 via the dispatcher); a batch in which some images failed exits 1."""
+    from entitwist.inference.batch import is_batch_input
+
+    args = build_parser().parse_args(argv)
+    if is_batch_input(args.image):
+        return _many(args)
+    if args.devices != 1 or args.num_nodes != 1:
+        raise InputError("--devices and --num-nodes are for many images (a folder, glob or list)")
+    return _single(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

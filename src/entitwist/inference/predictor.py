@@ -225,10 +225,17 @@ class Predictor:
             self._generator = get_generator(source.name, **source.params)
         return self._generator
 
-    def _entities_tensor(
+    def entity_map(
         self, image: np.ndarray, small: np.ndarray, entities: Any
     ) -> torch.Tensor | None:
-        """(1, S, S) long label map, or None."""
+        """The entity map the network sees: (1, S, S) long, or None (no entities, or a model
+        without entity guidance).
+
+        Args:
+            image: the uint8 (H, W, 3) input; ``small``: its resized (S, S, 3) view from
+                :meth:`prepare`. ``entities``: ``"auto"`` (computed on ``small``), None, or an
+                (H, W) integer label map (resized nearest).
+        """
         if entities is None or not self.uses_entities:
             return None
         size = self.image_size
@@ -257,7 +264,7 @@ class Predictor:
         t = F.interpolate(t, size=(size, size), mode="nearest")
         return t[:, 0].long()  # (1, S, S)
 
-    def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def prepare(self, image: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """uint8 (H, W, 3) -> normalised (1, 3, S, S) tensor and the resized uint8 (S, S, 3)."""
         size = self.image_size
         x = (
@@ -302,8 +309,8 @@ class Predictor:
             height, width = image.shape[:2]
         else:
             height, width = (int(v) for v in output_size)
-        x, small = self._prepare(image)  # (1, 3, S, S)
-        ent = self._entities_tensor(image, small, entities)  # (1, S, S) | None
+        x, small = self.prepare(image)  # (1, 3, S, S)
+        ent = self.entity_map(image, small, entities)  # (1, S, S) | None
         x = x.to(self.device)
         ent = None if ent is None else ent.to(self.device)
         out = []
@@ -347,3 +354,65 @@ class Predictor:
             for p, s in zip(probs, sentence_list)
         ]
         return preds[0] if single else preds
+
+    @torch.no_grad()
+    def predict_many(
+        self,
+        images: list[Any],
+        sentences: list[str],
+        entities: Any = "auto",
+        output_size: tuple[int, int] | None | str = "image",
+    ) -> list[np.ndarray]:
+        """Foreground probability of ``sentences[i]`` on ``images[i]``, ``batch_size`` pairs
+        per forward pass (images of any sizes: each is resized to S).
+
+        Args:
+            images: uint8 (H, W, 3) arrays or paths.
+            entities: ``"auto"``, None, or one of those / an (H, W) label map per image.
+            output_size: as in :meth:`predict_probability`, per image.
+        Returns: one (h, w) float32 array per image.
+        """
+        if len(images) != len(sentences):
+            raise InputError(
+                f"{len(images)} images but {len(sentences)} sentences; give one sentence per image"
+            )
+        for s in sentences:
+            if not isinstance(s, str) or not s.strip():
+                raise InputError(
+                    "the sentence is empty; give a referring sentence such as 'the largest building'"
+                )
+        ents = list(entities) if isinstance(entities, (list, tuple)) else [entities] * len(images)
+        if len(ents) != len(images):
+            raise InputError(f"{len(ents)} entity maps for {len(images)} images; give one per image")
+        out: list[np.ndarray] = []
+        for i in range(0, len(images), self.batch_size):
+            arrays = [_as_image(im) for im in images[i : i + self.batch_size]]
+            xs, maps = [], []
+            for image, ent in zip(arrays, ents[i : i + self.batch_size]):
+                x, small = self.prepare(image)  # (1, 3, S, S)
+                xs.append(x)
+                maps.append(self.entity_map(image, small, ent))  # (1, S, S) | None
+            if any(m is None for m in maps) and not all(m is None for m in maps):
+                raise InputError("give entity maps for all images of a call or for none")
+            tokens = self.model.tokenizer(list(sentences[i : i + self.batch_size]))
+            ent_batch = None if maps[0] is None else torch.cat(maps).to(self.device)
+            logits = self.model(
+                torch.cat(xs).to(self.device),
+                tokens["input_ids"].to(self.device),
+                tokens["attention_mask"].to(self.device),
+                ent_batch,
+            )  # (b, 2, S, S)
+            prob = torch.softmax(logits.float(), dim=1)[:, 1:2]  # (b, 1, S, S)
+            for p, image in zip(prob, arrays):
+                if output_size is None:
+                    size = tuple(p.shape[-2:])
+                elif isinstance(output_size, str):
+                    if output_size != "image":
+                        raise ValueError(f"output_size={output_size!r}; use 'image', None or (h, w)")
+                    size = image.shape[:2]
+                else:
+                    size = tuple(int(v) for v in output_size)
+                if size != tuple(p.shape[-2:]):
+                    p = F.interpolate(p[None], size=size, mode="bilinear", align_corners=False)[0]
+                out.append(p[0].clamp(0, 1).cpu().numpy().astype(np.float32, copy=False))
+        return out

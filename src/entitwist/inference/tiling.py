@@ -39,6 +39,8 @@ from entitwist.inference.raster import RasterSource
 __all__ = [
     "TilingOptions",
     "SceneResult",
+    "SceneView",
+    "scene_view",
     "plan_tiles",
     "blend_window",
     "upsample_rows",
@@ -117,6 +119,39 @@ class SceneResult:
     tiles_total: int
     tiles_refined: int
     tiled: bool
+
+
+@dataclass
+class SceneView:
+    """The whole-scene view the localisation stage segments.
+
+    Attributes:
+        rgb: (h, w, 3) uint8 (the scene's stretch, nodata black).
+        valid: (h, w) bool.
+        factor: reduction factor (``h = ceil(H / factor)``).
+    """
+
+    rgb: np.ndarray
+    valid: np.ndarray
+    factor: int
+
+
+def scene_view(source: RasterSource, max_side: int, progress: bool = False) -> SceneView:
+    """Read ``source`` reduced so that its longer side is at most ``max_side`` and measure
+    the scene's stretch on it (raises :class:`InputError` for an all-nodata scene)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(
+        total=source.height,
+        desc="reading scene",
+        unit="row",
+        disable=not progress,
+        leave=False,
+        delay=0.5,
+    ) as bar:
+        raw, valid, factor = source.overview(max_side, progress=bar)  # (3, h, w), (h, w)
+    source.set_stretch_from(raw, valid)
+    return SceneView(source.to_rgb(raw, valid), valid, factor)
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:
@@ -222,6 +257,7 @@ def segment_scene(
     sink: Sink,
     options: TilingOptions | None = None,
     progress: bool = True,
+    view: SceneView | None = None,
 ) -> SceneResult:
     """Segment a whole scene, streaming the full-resolution result to ``sink``.
 
@@ -237,19 +273,16 @@ def segment_scene(
             covering the image top to bottom exactly once.
         options: see :class:`TilingOptions`.
         progress: show tqdm bars on stderr.
+        view: the whole-scene view when already read (:func:`scene_view` with the same
+            ``max_side``); ``predict(view.rgb, None)`` is still asked for its probability.
     """
     from tqdm.auto import tqdm
 
     opts = options or TilingOptions()
     opts.validate()
     height, width = source.shape
-    with tqdm(
-        total=height, desc="reading scene", unit="row", disable=not progress, leave=False, delay=0.5
-    ) as bar:
-        raw, ov_valid, factor = source.overview(opts.max_side, progress=bar)  # (3, h, w), (h, w)
-    source.set_stretch_from(raw, ov_valid)  # raises for an all-nodata scene
-    ov_rgb = source.to_rgb(raw, ov_valid)  # (h, w, 3)
-    del raw
+    view = view or scene_view(source, opts.max_side, progress)  # raises for all-nodata
+    ov_rgb, ov_valid, factor = view.rgb, view.valid, view.factor  # (h, w, 3), (h, w)
     coarse = np.asarray(predict(ov_rgb, None), dtype=np.float32)  # (h, w)
     if coarse.shape != ov_valid.shape:
         raise ValueError(f"predict returned {coarse.shape} for a {ov_valid.shape} view")

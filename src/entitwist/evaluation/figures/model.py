@@ -48,8 +48,8 @@ def run_single(
     if not isinstance(sentence, str) or not sentence.strip():
         raise InputError("the sentence is empty; give a referring sentence with --sentence")
     predictor = Predictor(model, device=device)
-    x, small = predictor._prepare(image)  # (1, 3, S, S), (S, S, 3)
-    ent = predictor._entities_tensor(image, small, entities)  # (1, S, S) | None
+    x, small = predictor.prepare(image)  # (1, 3, S, S), (S, S, 3)
+    ent = predictor.entity_map(image, small, entities)  # (1, S, S) | None
     tokens = model.tokenizer([sentence])
     dev = predictor.device
     out = predictor.model(
