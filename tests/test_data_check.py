@@ -6,12 +6,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-from fake_layouts import make_entities, make_jsonl, make_refsegrs, make_risbench, make_rrsisd
 from PIL import Image
 
 from entitwist.cli import main
 from entitwist.data import layouts
 from entitwist.data.check import check_dataset
+from fake_layouts import make_entities, make_jsonl, make_refsegrs, make_risbench, make_rrsisd
 
 
 def test_published_split_sizes_sum_to_the_papers_totals():
