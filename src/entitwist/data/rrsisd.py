@@ -11,8 +11,8 @@ Official layout under ``root`` (the refer/LAVT layout)::
 Each sentence of a ref is one expression (``sentence_key="raw"`` by default, as LAVT and
 RMSIN read it; ``"sent"`` gives the lower-cased form). Segmentations are polygons (a list
 of flat ``[x1, y1, x2, y2, ...]`` lists) or COCO RLE (``{"counts", "size"}``, compressed
-string or uncompressed list); they are rasterised at the annotation's ``height x width``
-with pixel (r, c) inside when its centre (c + 0.5, r + 0.5) is inside a polygon.
+string or uncompressed list); they are decoded with pycocotools at the annotation's
+``height x width``, exactly as the refer API of the published baselines reads them.
 
 Some JPEGs are 800x801 or 800x787 while ``instances.json`` says 800x800: with
 ``check_sizes=True`` (default) the images' headers are read once when the split is loaded
@@ -59,8 +59,7 @@ __all__ = [
     "SafeUnpickler",
     "safe_load_pickle",
     "PolygonMask",
-    "polygons_to_mask",
-    "rle_decode",
+    "decode_segmentation",
     "load_rrsisd",
 ]
 
@@ -123,68 +122,50 @@ def safe_load_pickle(path: Path) -> Any:
         ) from exc
 
 
-def rle_decode(rle: dict[str, Any]) -> np.ndarray:
-    """Decode COCO run-length encoding to a uint8 ``(h, w)`` 0/1 mask.
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """Decode one COCO segmentation to a uint8 ``(height, width)`` 0/1 mask with pycocotools.
 
-    ``rle["size"]`` is ``[h, w]``; ``rle["counts"]`` is a list of run lengths (starting with
-    a run of zeros, column-major order) or COCO's compressed string of them.
+    This is what the refer API of LAVT and RMSIN (``REFER.getMask``) does, so boundary pixels
+    match the published evaluation: polygons (a list of flat ``[x1, y1, x2, y2, ...]`` lists)
+    go through ``frPyObjects`` at the annotation's size; RLE (``{"counts", "size"}``, a
+    compressed string or an uncompressed list of runs) is decoded as stored. Several polygons
+    are merged (union). The refer API sums them instead and its LAVT loader keeps pixels equal
+    to 1, which drops the overlap of two polygons of one object: no RRSIS-D annotation has
+    overlapping parts, so the two readings agree on the dataset.
     """
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, bytes):
-        counts = counts.decode("ascii")
-    if isinstance(counts, str):
-        counts = _rle_string_to_counts(counts)
-    runs = np.asarray(counts, dtype=np.int64)
-    if runs.sum() != h * w:
-        raise DataError(
-            f"RLE counts sum to {int(runs.sum())}, expected {h}*{w}; the annotation is corrupt"
-        )
-    values = np.zeros(len(runs), dtype=np.uint8)
-    values[1::2] = 1
-    flat = np.repeat(values, runs)
-    return np.ascontiguousarray(flat.reshape(w, h).T)  # column-major -> (h, w)
+    with warnings.catch_warnings():
+        # pycocotools' compiled decode warns under numpy 2 about its __array__ signature.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _decode(segmentation, height, width)
 
 
-def _rle_string_to_counts(s: str) -> list[int]:
-    """COCO's compressed RLE string (6-bit LEB128-like, deltas from i-2) to run lengths."""
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x = 0
-        k = 0
-        more = True
-        while more:
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+def _decode(segmentation: Any, height: int, width: int) -> np.ndarray:
+    from pycocotools import mask as coco_mask
 
-
-def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """Rasterise flat ``[x1, y1, x2, y2, ...]`` polygons (union) to uint8 ``(h, w)`` 0/1.
-
-    Pixel (r, c) is inside when its centre (c + 0.5, r + 0.5) is inside a polygon.
-    """
-    from skimage.draw import polygon as draw_polygon
-
-    mask = np.zeros((height, width), dtype=np.uint8)
-    for poly in polygons:
-        xy = np.asarray(poly, dtype=np.float64).reshape(-1)
-        if xy.size < 6:
-            continue
-        xs, ys = xy[0::2], xy[1::2]
-        # skimage samples pixel centres at integer coordinates: shift by half a pixel.
-        rr, cc = draw_polygon(ys - 0.5, xs - 0.5, shape=(height, width))
-        mask[rr, cc] = 1
-    return mask
+    if isinstance(segmentation, dict):
+        size = [int(v) for v in segmentation.get("size", ())]
+        counts = segmentation.get("counts")
+        if len(size) != 2 or counts is None:
+            raise DataError(
+                "an RLE segmentation needs 'size' [h, w] and 'counts'; the annotation is corrupt"
+            )
+        if isinstance(counts, list):
+            if sum(int(c) for c in counts) != size[0] * size[1]:
+                raise DataError(
+                    f"RLE counts sum to {sum(int(c) for c in counts)}, expected "
+                    f"{size[0]}*{size[1]}; the annotation is corrupt"
+                )
+            rle = coco_mask.frPyObjects(segmentation, *size)
+        else:
+            rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
+        mask = coco_mask.decode(rle)
+    else:
+        polygons = [list(map(float, p)) for p in segmentation if len(p) >= 6]
+        if not polygons:
+            return np.zeros((height, width), np.uint8)
+        rles = coco_mask.frPyObjects(polygons, height, width)
+        mask = coco_mask.decode(coco_mask.merge(rles))
+    return np.ascontiguousarray(mask, dtype=np.uint8)  # (h, w) 0/1
 
 
 @dataclass(frozen=True)
@@ -196,12 +177,7 @@ class PolygonMask:
     width: int
 
     def __call__(self) -> np.ndarray:
-        seg = self.segmentation
-        if isinstance(seg, dict):
-            mask = rle_decode(seg)
-        else:
-            mask = polygons_to_mask(seg, self.height, self.width)
-        return mask  # (height, width) uint8 0/1
+        return decode_segmentation(self.segmentation, self.height, self.width)
 
 
 def _read_json(path: Path) -> Any:
