@@ -1,9 +1,11 @@
 """The actions of the page of ``entitwist app``, free of Gradio: :class:`PageHandlers`.
 
 :meth:`PageHandlers.segment_upload` reads an upload (:mod:`entitwist.app.inputs`), runs
-:meth:`Predictor.predict` once for all the sentences, and writes the downloads (mask PNG;
-mask GeoTIFF on the input's grid and CRS for TIFF input; polygons as GeoJSON) into a fresh
-folder under the page's output folder. :meth:`PageHandlers.segment` and
+the inference pipeline once for all the sentences
+(:func:`entitwist.inference.pipeline.segment_arrays`, one batched forward pass), and writes
+the downloads with the pipeline's writers (:mod:`entitwist.inference.sinks`: mask PNG; mask
+GeoTIFF on the input's grid and CRS for TIFF input; polygons as GeoJSON) into a fresh folder
+under the page's output folder. :meth:`PageHandlers.segment` and
 :meth:`PageHandlers.preview` turn that into the values of the page's components
 (:class:`PageOutput`), every problem a user can cause as one line in the status text, never
 as a traceback.
@@ -17,7 +19,6 @@ import re
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,11 +204,9 @@ class PageHandlers:
         Raises :class:`EntitwistError` (one line) for anything the user can fix; nothing is
         left in the output folder when it fails.
         """
-        from PIL import Image
-
         from entitwist.inference.overlay import render_overlay
-        from entitwist.inference.raster import open_writer
-        from entitwist.inference.vector import mask_to_polygons, write_polygons
+        from entitwist.inference.pipeline import segment_arrays
+        from entitwist.inference.sinks import write_mask_png, write_mask_polygons, write_mask_tif
 
         sentences = parse_sentences(text, self.limits)
         self._prune()
@@ -215,49 +214,49 @@ class PageHandlers:
         upload = read_upload(path, self.limits)
         started = time.perf_counter()
         progress(0.15, desc=f"segmenting {len(sentences)} sentence(s)")
-        preds = self.predictor.predict(upload.rgb, sentences)  # one batched forward
+        # one batched forward; nodata is never the object
+        outputs = segment_arrays(self.predictor, upload.rgb, sentences, valid=upload.valid)
         folder = Path(tempfile.mkdtemp(prefix="run-", dir=self.output_dir))
         stem = _safe_stem(upload.name)
         results: list[SentenceResult] = []
         files: list[Path] = []
         try:
-            for i, pred in enumerate(preds, start=1):
+            for i, (sentence, (probability, mask)) in enumerate(zip(sentences, outputs), start=1):
                 progress(
-                    0.6 + 0.4 * (i - 1) / len(preds), desc=f"writing the outputs of sentence {i}"
+                    0.6 + 0.4 * (i - 1) / len(outputs), desc=f"writing the outputs of sentence {i}"
                 )
-                mask = pred.mask & upload.valid  # (H, W) bool; nodata is never the object
-                tag = f"{stem}_{i}" if len(preds) > 1 else stem
+                tag = f"{stem}_{i}" if len(outputs) > 1 else stem
                 mask_png = folder / f"{tag}_mask.png"
-                Image.fromarray(mask.astype(np.uint8) * 255).save(mask_png)  # 8-bit grey
+                write_mask_png(mask_png, mask)
                 files.append(mask_png)
                 mask_tif = None
                 if upload.is_tiff:
                     mask_tif = folder / f"{tag}_mask.tif"
-                    with open_writer(mask_tif, upload.source, dtype="uint8") as dst:
-                        dst.write(mask.astype(np.uint8), 1)
+                    write_mask_tif(mask_tif, mask, upload.source)
                     files.append(mask_tif)
-                polygons = mask_to_polygons(
-                    mask, upload.transform if upload.georeferenced else None
-                )
                 poly_path = folder / f"{tag}_polygons.geojson"
-                with warnings.catch_warnings():
-                    # pixel coordinates without a CRS: said on the page instead
-                    warnings.simplefilter("ignore", UserWarning)
-                    write_polygons(poly_path, polygons, upload.crs, sentence=pred.sentence)
+                n_polygons = write_mask_polygons(
+                    poly_path,
+                    mask,
+                    upload.transform if upload.georeferenced else None,
+                    upload.crs,
+                    sentence,
+                    quiet_crs=True,  # pixel coordinates without a CRS: said on the page instead
+                )
                 files.append(poly_path)
                 overlay = np.asarray(
-                    render_overlay(upload.rgb, mask, pred.sentence, max_side=DISPLAY_SIDE)
+                    render_overlay(upload.rgb, mask, sentence, max_side=DISPLAY_SIDE)
                 )
                 results.append(
                     SentenceResult(
-                        sentence=pred.sentence,
+                        sentence=sentence,
                         mask=mask,
-                        probability=pred.probability,
+                        probability=probability,
                         overlay=overlay,
                         mask_png=mask_png,
                         mask_tif=mask_tif,
                         polygons=poly_path,
-                        n_polygons=len(polygons),
+                        n_polygons=n_polygons,
                     )
                 )
         except BaseException:

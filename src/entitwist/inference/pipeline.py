@@ -358,6 +358,6 @@ def segment_arrays(
         entities: ``"auto"``, None or an (H, W) label map.
     Returns: one ``(probability (H, W) float32, mask (H, W) bool)`` per sentence.
     """
-    probs = predictor.predict_probability(rgb, list(sentences), entities=entities)  # (B, H, W)
+    preds = predictor.predict(rgb, list(sentences), entities=entities)  # one batched forward
     ok = np.ones(rgb.shape[:2], dtype=bool) if valid is None else valid
-    return [(p, (p >= 0.5) & ok) for p in probs]
+    return [(p.probability, p.mask & ok) for p in preds]
