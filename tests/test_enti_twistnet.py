@@ -224,10 +224,15 @@ def test_bad_inputs_raise_one_line_errors(model: EntiTwistNet) -> None:
         ((image, ids, mask, ent + 100), "0..K=40"),
         ((image, ids, mask, ent - 1), "0..K=40"),
     ]
+    values = {"empty text", "token ids", "0..K=40"}  # checked by check_inputs, not forward
     for args, match in cases:
         with pytest.raises(InputError, match=match) as info:
-            model(*args)
+            model.check_inputs(*args)
         assert "\n" not in str(info.value), match
+        if match not in values:  # shapes and types: forward checks them too (no sync)
+            with pytest.raises(InputError, match=match):
+                model(*args)
+    model.check_inputs(image, ids, mask, ent)  # good inputs pass
 
 
 def test_long_text_is_truncated_with_one_warning(model: EntiTwistNet) -> None:

@@ -17,8 +17,9 @@ from PIL import Image
 import entitwist.entities as E
 from entitwist.cli import main as entitwist_main
 from entitwist.data.layouts import list_images
-from entitwist.entities.cli import in_shard, main, parse_shard, read_image
-from entitwist.errors import CheckpointError, ConfigError, DataError
+from entitwist.entities.cli import in_shard, main, parse_shard
+from entitwist.errors import CheckpointError, ConfigError, DataError, EntitwistError
+from entitwist.imaging import read_image
 
 
 def texture(h: int, w: int, seed: int) -> np.ndarray:
@@ -247,20 +248,27 @@ def test_store_of_another_checkpoint_is_not_mixed(
         main([str(root), "--generator", "sam", "--checkpoint", str(first), "--quiet"])
 
 
-def test_read_image_conversions(tmp_path: Path) -> None:
-    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    Image.fromarray(grey).save(tmp_path / "g.png")
-    assert read_image(tmp_path / "g.png").shape == (3, 4, 3)
-    sixteen = (np.arange(12, dtype=np.uint16) * 1000).reshape(3, 4)
-    Image.fromarray(sixteen).save(tmp_path / "s.png")
-    out = read_image(tmp_path / "s.png")
-    assert out.dtype == np.uint8 and out[0, 0, 0] == 0 and out[-1, -1, 0] == 255
-    rgba = np.zeros((2, 2, 4), np.uint8)
-    rgba[..., 0] = 7
-    Image.fromarray(rgba).save(tmp_path / "a.png")
-    assert read_image(tmp_path / "a.png")[0, 0].tolist() == [7, 0, 0]
-    with pytest.raises(DataError, match="absent"):
+def test_maps_are_computed_on_the_picture_the_network_sees(tmp_path: Path) -> None:
+    """A 16-bit image: the stored map is the generator's map of imaging.read_image's
+    picture (the per-band 2-98 % stretch, or the --stretch asked for), not of another one."""
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    sixteen = (rng.random((40, 48)) ** 3 * 60000).astype(np.uint16)
+    sixteen[10:30, 12:36] += 3000
+    Image.fromarray(sixteen).save(root / "images" / "s.png")
+    gen = E.get_generator("felzenszwalb")
+    for extra, stretch in (([], None), (["--stretch", "0,100"], "0,100")):
+        out = tmp_path / f"out{len(extra)}"
+        assert main([str(root), "--dataset", "folder", "--quiet", "--out", str(out), *extra]) == 0
+        stored = [p for p in out.rglob("*.png")]
+        assert len(stored) == 1
+        want = E.compute_entities(read_image(root / "images" / "s.png", stretch=stretch), gen, 40)
+        np.testing.assert_array_equal(np.asarray(Image.open(stored[0])), want)
+    with pytest.raises(DataError, match="absent|not found"):
         read_image(tmp_path / "none.png")
+    with pytest.raises(EntitwistError, match="bands"):
+        main([str(root), "--dataset", "folder", "--bands", "1,2"])
 
 
 def test_killed_run_leaves_no_partial_map_and_resumes(tmp_path: Path) -> None:

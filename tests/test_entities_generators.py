@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import entitwist.entities as E
-from entitwist.entities.generators import contrast_stretch, nearest_indices, resize_nearest
+from entitwist.entities.generators import contrast_stretch
 from entitwist.errors import CheckpointError, ConfigError, InputError
+from entitwist.imaging import nearest_index, resize_nearest
 
 
 def blocks_image(h: int = 96, w: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -218,7 +219,7 @@ def test_nearest_resize_matches_loop() -> None:
             si = min(int((i + 0.5) * 5 / 12), 4)
             sj = min(int((j + 0.5) * 7 / 3), 6)
             assert out[i, j] == src[si, sj]
-    assert nearest_indices(4, 4).tolist() == [0, 1, 2, 3]
+    assert nearest_index(4, 4).tolist() == [0, 1, 2, 3]
 
 
 def test_generator_options_and_bad_input() -> None:

@@ -319,7 +319,7 @@ def test_ksweep_reads_miou_and_sizes(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ model figures
 def test_stages_command_and_maps(world, tmp_path, capsys):
-    from entitwist.data.io import read_image
+    from entitwist.imaging import read_image
     from entitwist.evaluation.evaluate import load_model
 
     model = load_model(world["full"])
@@ -361,7 +361,7 @@ def test_stages_command_and_maps(world, tmp_path, capsys):
 
 
 def test_pca_command_prints_the_plotted_distances(world, tmp_path, capsys):
-    from entitwist.data.io import read_image
+    from entitwist.imaging import read_image
     from entitwist.evaluation.evaluate import load_model
 
     png = tmp_path / "pca.png"

@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from entitwist.errors import CheckpointError, InputError
+from entitwist.imaging import IMAGENET_MEAN, IMAGENET_STD
 from entitwist.inference.predictor import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Prediction,
     Predictor,
     resolve_device,
@@ -210,11 +209,16 @@ def test_auto_entities_computed_once_for_all_sentences(monkeypatch):
     model = RedModel(size=32, max_entities=12)
     predictor = Predictor(model, device="cpu")
     predictor.predict(square_image(), ["a", "b", "c"])  # entities="auto" by default
-    assert seen == [((32, 32, 3), predictor.get_entity_generator(), 12)]
+    # on the full-resolution picture, as `entitwist entities` computes the training maps
+    assert seen == [((60, 90, 3), predictor.get_entity_generator(), 12)]
     assert predictor.get_entity_generator().name == "felzenszwalb"
     e = model.calls[0]["entities"]
     assert e.dtype == torch.long and tuple(e.shape) == (3, 32, 32)
     assert torch.equal(e[0], e[2]) and int(e[0, 0, 0]) == 0 and int(e[0, 0, -1]) == 3
+    # resized nearest like the training transform: column j takes source column
+    # floor((j + 0.5) * 90 / 32), labelled 3 from column 45 on
+    want = np.where((np.arange(32) + 0.5) * 90 / 32 >= 45, 3, 0)
+    np.testing.assert_array_equal(e[0, 0].numpy(), want)
 
 
 def test_unknown_generator_and_missing_sam_checkpoint(tmp_path):
@@ -367,12 +371,10 @@ def test_real_tiny_network_roundtrip(tmp_path):
         assert p.probability.dtype == np.float32 and np.isfinite(p.probability).all()
         assert 0 <= p.probability.min() and p.probability.max() <= 1
         np.testing.assert_array_equal(p.mask, p.probability >= 0.5)
-    # direct forward twin for the first sentence
-    x = torch.tensor(img, dtype=torch.float32).permute(2, 0, 1)[None]
-    x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True) / 255.0
-    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
-        1, 3, 1, 1
-    )
+    # direct forward twin for the first sentence (the input: the model's own preprocess,
+    # tested against PIL in test_one_picture)
+    x = predictor.model.preprocess(img)
+    assert x.shape == (1, 3, s, s)
     tok = predictor.model.tokenizer(["the red square"])
     with torch.no_grad():
         logits = predictor.model(x, tok["input_ids"], tok["attention_mask"], None)

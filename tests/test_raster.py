@@ -11,15 +11,8 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from entitwist.errors import InputError
-from entitwist.inference.raster import (
-    RasterSource,
-    apply_stretch,
-    compute_stretch,
-    gdal_env,
-    open_writer,
-    parse_bands,
-    parse_stretch,
-)
+from entitwist.imaging import apply_stretch, compute_stretch, parse_bands, parse_stretch
+from entitwist.inference.raster import RasterSource, gdal_env, open_writer
 
 UTM16 = CRS.from_epsg(32616)
 TRANSFORM = Affine(0.5, 0.0, 733601.0, 0.0, -0.5, 3725139.0)
@@ -96,9 +89,9 @@ def test_stretch_maps_percentiles_to_0_and_255():
     valid[:, :10] = False
     lows2, _ = compute_stretch(data, valid, (0, 100))
     assert lows2[0] == data[0][valid].min()
-    # constant band: no division by zero, mid grey
-    lo, hi = compute_stretch(np.full((1, 3, 3), 7.0, np.float32), np.ones((3, 3), bool), (2, 98))
-    assert apply_stretch(np.full((1, 1, 1), 7.0, np.float32), lo, hi)[0, 0, 0] == 128
+    # constant band: no division by zero but one line naming the fix
+    with pytest.raises(InputError, match=r"constant \(7\).*--bands.*--stretch none"):
+        compute_stretch(np.full((1, 3, 3), 7.0, np.float32), np.ones((3, 3), bool), (2, 98))
 
 
 def test_multiband_uint16_bands_and_stretch_match_numpy_reference(tmp_path):

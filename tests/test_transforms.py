@@ -7,15 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from entitwist.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ReferringTransform,
-    collate_referring,
-    resize_image,
-    resize_labels,
-)
+from entitwist.data.transforms import ReferringTransform, collate_referring
 from entitwist.errors import InputError
+from entitwist.imaging import IMAGENET_MEAN, IMAGENET_STD, resize_image
+from entitwist.imaging import resize_nearest as resize_labels
 
 
 def _sample(h=24, w=36, seed=0, entities=True):

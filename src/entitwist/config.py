@@ -167,6 +167,31 @@ class DecoderConfig:
 
 
 @dataclass
+class ImagingConfig:
+    """How image files become the network's uint8 RGB (:mod:`entitwist.imaging`), recorded
+    with the model so that ``Predictor``, ``entitwist segment`` and the app read imagery as
+    the training data was read.
+
+    Attributes:
+        bands: 1-based band numbers for R, G, B (or one band, copied); None: the band rule
+            (bands 1, 2, 3, or band 1 x 3).
+        stretch: None: the stretch rule (uint8 as is, other types per-band 2-98 %);
+            ``"none"``: values as they are; ``(low, high)``: those percentiles.
+    """
+
+    bands: tuple[int, ...] | None = None
+    stretch: tuple[float, float] | str | None = None
+
+    def read_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`entitwist.imaging.read_image` (bands, stretch)."""
+        bands = None if self.bands is None else ",".join(str(int(b)) for b in self.bands)
+        stretch = self.stretch
+        if isinstance(stretch, (tuple, list)):
+            stretch = tuple(float(v) for v in stretch)
+        return {"bands": bands, "stretch": stretch}
+
+
+@dataclass
 class ModelConfig:
     """Everything needed to rebuild an Enti-TwistNet."""
 
@@ -175,6 +200,7 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    imaging: ImagingConfig = field(default_factory=ImagingConfig)
     num_classes: int = 2
 
     # ------------------------------------------------------------------ validation
@@ -265,7 +291,20 @@ class ModelConfig:
             )
         if self.num_classes != 2:
             raise ConfigError("num_classes must be 2 (background, referred object)")
+        self._validate_imaging()
         return self
+
+    def _validate_imaging(self) -> None:
+        from entitwist.errors import InputError
+        from entitwist.imaging import parse_bands, parse_stretch
+
+        options = self.imaging.read_options()
+        try:
+            if options["bands"] is not None:
+                parse_bands(options["bands"], 255)
+            parse_stretch(options["stretch"])
+        except InputError as exc:
+            raise ConfigError(f"imaging: {exc}") from None
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -280,6 +319,7 @@ class ModelConfig:
             "text": TextConfig,
             "fusion": FusionConfig,
             "decoder": DecoderConfig,
+            "imaging": ImagingConfig,
         }
         kwargs: dict[str, Any] = {}
         for key, value in data.items():

@@ -114,10 +114,10 @@ def read_upload(path: str | os.PathLike | None, limits: PageLimits = PageLimits(
 
     Checks, in order: a file was given; its size (``max_upload_mb``); its type (PNG, JPEG,
     TIFF); that it is an image (not corrupt); its pixel size (``max_side``, from the header,
-    before decoding). PNG and JPEG are decoded by PIL like ``Predictor.predict(path)``
-    (``entitwist.data.io.read_image``); TIFF and GeoTIFF by rasterio like ``entitwist
-    segment`` (uint8 as is, 16-bit and float percentile-stretched 2-98 %, nodata pixels
-    black and not valid, CRS and transform kept). Messages name the file by its own name,
+    before decoding). The picture is the one every entitwist reader makes
+    (:mod:`entitwist.imaging`: PNG and JPEG decoded by PIL, TIFF and GeoTIFF by rasterio;
+    uint8 as is, 16-bit and float stretched per band 2-98 %, nodata pixels black and not
+    valid, CRS and transform kept). Messages name the file by its own name,
     not the temporary path.
     """
     if path is None or (isinstance(path, str) and not path.strip()):
@@ -158,7 +158,7 @@ def _read_picture_upload(path: Path, name: str, limits: PageLimits) -> Upload:
     """PNG / JPEG: decoded by PIL exactly as ``Predictor.predict(path)`` decodes it."""
     from PIL import Image, UnidentifiedImageError
 
-    from entitwist.data.io import read_image
+    from entitwist.imaging import read_image
 
     try:
         with Image.open(path) as im:  # reads the header only

@@ -5,7 +5,7 @@
 >>> ds[0]["image"].shape, ds[0]["expression"]               # doctest: +SKIP
 
 Names: ``refsegrs``, ``rrsisd``, ``risbench``, ``jsonl`` (see each module for its on-disk
-layout). Readers for single files are in :mod:`entitwist.data.io`.
+layout). Readers for single files are in :mod:`entitwist.imaging`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from entitwist.data.base import DataWarning, Record, ReferringDataset, image_key
-from entitwist.data.io import read_image, read_label_map, read_mask
+from entitwist.imaging import read_image, read_label_map, read_mask
 from entitwist.data.transforms import ReferringTransform, collate_referring
 from entitwist.errors import ConfigError
 

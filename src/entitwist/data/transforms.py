@@ -1,36 +1,28 @@
 """Sample transforms of the paper: resize to 480, ImageNet normalisation, 20 tokens.
 
 :class:`ReferringTransform` turns a raw sample dict (see :mod:`entitwist.data.base`) into
-tensors; :func:`collate_referring` batches them. Resizing: the image bilinear with
-antialiasing (matches PIL's BILINEAR, the LAVT-family pipeline); the mask and the entity
-map nearest-neighbour in PIL's convention (the source pixel under each target pixel's
-centre, indices read off PIL itself), so the 480x480 evaluation target equals the published
-protocol's.
+tensors; :func:`collate_referring` batches them. The picture goes through
+:func:`entitwist.imaging.prepare_image` (bilinear with antialiasing in uint8, PIL-like, then
+ImageNet normalisation), the very function ``EntiTwistNet.preprocess`` runs at inference;
+the mask and the entity map through :func:`entitwist.imaging.resize_nearest` (PIL's
+NEAREST, so the 480x480 evaluation target equals the published protocol's).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from entitwist.errors import InputError
+from entitwist.imaging import IMAGENET_MEAN, IMAGENET_STD, prepare_image, resize_nearest
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "ReferringTransform",
     "collate_referring",
-    "resize_image",
-    "resize_labels",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Tokenizer = Callable[[list[str]], dict[str, torch.Tensor]]
 
@@ -48,44 +40,6 @@ def _size2(size: int | Sequence[int]) -> tuple[int, int]:
         return size, size
     h, w = size
     return int(h), int(w)
-
-
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (antialiased, PIL-like) resize of a ``(3, H, W)`` image to ``(3, *size)``.
-
-    uint8 in, uint8 out (rounded, like PIL; the fast path on CPU, channels-last strides
-    welcome); float in, float out.
-    """
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    out = F.interpolate(
-        image[None], size=size, mode="bilinear", align_corners=False, antialias=True
-    )
-    return out[0]
-
-
-@functools.lru_cache(maxsize=64)
-def _pil_nearest_index(n_in: int, n_out: int) -> torch.Tensor:
-    """Source index of each of ``n_out`` target pixels under PIL's NEAREST resize.
-
-    Read off PIL itself (a ramp image resized), so boundary cases where a target centre lands
-    exactly on a source pixel edge (512 -> 480) round the same way as the published protocol.
-    """
-    from PIL import Image
-
-    ramp = Image.fromarray(np.arange(n_in, dtype=np.int32)[None, :], mode="I")
-    idx = np.asarray(ramp.resize((n_out, 1), Image.Resampling.NEAREST))[0]
-    return torch.from_numpy(idx.astype(np.int64))
-
-
-def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest resize (exactly PIL's NEAREST) of an ``(..., H, W)`` map to ``size``; dtype kept."""
-    h, w = labels.shape[-2:]
-    if (h, w) == tuple(size):
-        return labels
-    rows = _pil_nearest_index(h, size[0]).to(labels.device)  # (S_h,)
-    cols = _pil_nearest_index(w, size[1]).to(labels.device)  # (S_w,)
-    return labels.index_select(-2, rows).index_select(-1, cols)  # (..., S_h, S_w)
 
 
 class ReferringTransform:
@@ -115,10 +69,8 @@ class ReferringTransform:
     ) -> None:
         self.size = None if size is None else _size2(size)
         self.tokenizer = tokenizer
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self._mean255 = self.mean * 255
-        self._std255 = self.std * 255
+        self.mean = torch.tensor(mean, dtype=torch.float32)  # (3,)
+        self.std = torch.tensor(std, dtype=torch.float32)  # (3,)
 
     def __repr__(self) -> str:
         return f"ReferringTransform(size={self.size}, tokenizer={type(self.tokenizer).__name__})"
@@ -133,18 +85,15 @@ class ReferringTransform:
         size = self.size or (h, w)
         out = {k: v for k, v in sample.items() if k not in {"image", "mask", "entities"}}
 
-        # (H, W, 3) uint8 viewed as (3, H, W) with channels-last strides: resize in uint8
-        # (fast, rounds like PIL), then normalise at the target size.
-        img = resize_image(_tensor(image).permute(2, 0, 1), size)  # (3, S, S) uint8
-        out["image"] = img.float().sub_(self._mean255).div_(self._std255).contiguous()
+        out["image"] = prepare_image(image, size, self.mean, self.std)  # (3, S, S) float
 
         if "mask" in sample:
             mask = _tensor(sample["mask"])  # (H, W) uint8
             out["mask_orig"] = mask.bool()
-            out["mask"] = resize_labels(mask, size).long()  # (S, S)
+            out["mask"] = resize_nearest(mask, size).long()  # (S, S)
         if "entities" in sample:
             ent = _tensor(sample["entities"])  # (H, W) uint8
-            out["entities"] = resize_labels(ent, size).long()  # (S, S)
+            out["entities"] = resize_nearest(ent, size).long()  # (S, S)
 
         if self.tokenizer is not None:
             tok = self.tokenizer([sample["expression"]])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,58 +26,12 @@ import numpy as np
 
 from entitwist.data.layouts import LAYOUT_CHOICES, list_images
 from entitwist.errors import CheckpointError, ConfigError, DataError, EntitwistError
-
-# --- reading images ----------------------------------------------------------------------
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 (H, W, 3) RGB.
-
-    Grey images are copied to three channels, 16-bit and float images are scaled by their
-    min..max to 0..255, alpha is dropped. Raises :class:`DataError` for an unreadable file.
-    """
-    from PIL import Image
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in {"RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr", "1", "PA"}:
-                return np.asarray(im.convert("RGB"))
-            arr = np.asarray(im)
-    except FileNotFoundError as exc:
-        raise DataError(f"image {path} is listed but absent") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        arr = _read_with_tifffile(path, exc)
-    return _to_uint8_rgb(arr, path)
-
-
-def _read_with_tifffile(path: Path, error: Exception) -> np.ndarray:
-    if path.suffix.lower() in {".tif", ".tiff"}:
-        try:
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
-        except Exception:  # noqa: BLE001 - fall through to the one-line error below
-            pass
-    raise DataError(f"image {path} is corrupt or unreadable ({type(error).__name__}: {error})")
-
-
-def _to_uint8_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
-    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[2] == 0:
-        raise DataError(f"image {path} has shape {arr.shape}; expected (H, W) or (H, W, C)")
-    arr = arr[..., :3] if arr.shape[2] >= 3 else np.repeat(arr[..., :1], 3, axis=2)
-    if arr.dtype != np.uint8:
-        a = arr.astype(np.float64)
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-        arr = np.nan_to_num(a).round().astype(np.uint8)
-    return np.ascontiguousarray(arr)
-
+from entitwist.utils.cli_parser import (
+    DEVICE_HELP,
+    OneLineArgumentParser,
+    add_device_option,
+    add_quiet_option,
+)
 
 # --- sharding ------------------------------------------------------------------------------
 
@@ -101,7 +54,8 @@ def in_shard(key: str, shard: tuple[int, int]) -> bool:
     return int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16) % n == i
 
 
-def _parse_param(text: str) -> tuple[str, Any]:
+def parse_param(text: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> (key, value), the value read as JSON when it is JSON, else a string."""
     if "=" not in text:
         raise ConfigError(f"--param {text!r} is not KEY=VALUE (e.g. --param scale=200)")
     key, raw = text.split("=", 1)
@@ -117,22 +71,26 @@ def _parse_param(text: str) -> tuple[str, Any]:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(gen_name: str, gen_kwargs: dict[str, Any], store_dir: str, k: int) -> None:
+def _init_worker(
+    gen_name: str, gen_kwargs: dict[str, Any], store_dir: str, k: int, imaging: dict[str, Any]
+) -> None:
     from entitwist.entities.generators import get_generator
     from entitwist.entities.store import EntityStore
 
     _STATE["generator"] = get_generator(gen_name, **gen_kwargs)
     _STATE["store"] = EntityStore(store_dir)
     _STATE["k"] = k
+    _STATE["imaging"] = imaging
 
 
 def _work(item: tuple[str, str]) -> dict[str, Any]:
     from entitwist.entities.labelmap import compute_entities_with_count, entity_count
+    from entitwist.imaging import read_image
 
     key, path = item
     start = time.perf_counter()
     try:
-        image = read_image(path)
+        image = read_image(path, **_STATE.get("imaging", {}))  # the picture the network sees
         labels, n_masks = compute_entities_with_count(image, _STATE["generator"], _STATE["k"])
         _STATE["store"].save(key, labels)
     except (CheckpointError, ConfigError):
@@ -158,8 +116,10 @@ def _stats(values: list[int]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from entitwist.entities.generators import DEFAULT_GENERATOR, GENERATORS
+    from entitwist.entities.labelmap import MAX_ENTITIES
+    from entitwist.entities.store import MAX_K
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="entitwist entities",
         description="Compute entity label maps (uint8 PNG, 0 = none, 1..K) for every image "
         "of a dataset root into <ROOT>/entities/<tag>/ (resumable, shardable).",
@@ -178,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model-type", help="sam: builder name (vit_b default, vit_l, vit_h)")
     parser.add_argument("--points-per-side", type=int, help="sam/hf-sam: point grid per side (32)")
-    parser.add_argument("--device", help="sam/hf-sam: torch device (default cuda if available)")
+    add_device_option(parser, help=f"sam/hf-sam: {DEVICE_HELP}")
     parser.add_argument(
         "--param",
         action="append",
@@ -187,24 +147,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="other generator parameter, repeatable (e.g. --param scale=200)",
     )
     parser.add_argument(
-        "--max-entities", type=int, default=40, help="K, masks kept per image (1..255)"
+        "--max-entities",
+        type=int,
+        default=MAX_ENTITIES,
+        help=f"K, masks kept per image (1..{MAX_K}, default {MAX_ENTITIES})",
     )
+    parser.add_argument(
+        "--bands", help="1-based bands for R,G,B, e.g. 3,2,1 (default 1,2,3; one band is copied)"
+    )
+    parser.add_argument(
+        "--stretch",
+        help="LOW,HIGH percentiles, auto (2,98 per band for non-8-bit imagery) or none; use the "
+        "model's (entitwist segment does)",
+    )
+    parser.add_argument("--nodata", type=float, help="pixel value marking missing data")
     parser.add_argument("--shard", default="0/1", help="i/n: only images whose key hash mod n == i")
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--limit", type=int, help="only the first N images of this shard")
     parser.add_argument("--out", help="store root instead of ROOT/entities (maps go to OUT/<tag>/)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_option(parser)
     return parser
 
 
 def _generator_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(_parse_param(p) for p in args.param)
+    kwargs: dict[str, Any] = dict(parse_param(p) for p in args.param)
     sam_like = args.generator in {"sam", "hf-sam"}
     for flag, value, key in (
         ("--checkpoint", args.checkpoint, "checkpoint"),
         ("--model-type", args.model_type, "model_type"),
         ("--points-per-side", args.points_per_side, "points_per_side"),
-        ("--device", args.device, "device"),
+        ("--device", None if args.device == "auto" else args.device, "device"),
     ):
         if value is None:
             continue
@@ -212,6 +184,19 @@ def _generator_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"{flag} does not apply to --generator {args.generator}")
         kwargs[key] = value
     return kwargs
+
+
+def _imaging_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``read_image`` options from --bands/--stretch/--nodata (their syntax checked now)."""
+    import math
+
+    from entitwist.imaging import parse_bands, parse_stretch
+
+    if args.bands is not None:
+        parse_bands(args.bands, 255)  # malformed lists fail here, out-of-range bands per image
+    if args.nodata is not None and not math.isfinite(args.nodata):
+        raise ConfigError(f"--nodata {args.nodata} must be a finite number")
+    return {"bands": args.bands, "stretch": parse_stretch(args.stretch), "nodata": args.nodata}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         raise DataError(f"dataset root {root} does not exist or is not a folder; check the path")
 
+    imaging = _imaging_kwargs(args)
     gen_kwargs = _generator_kwargs(args)
     generator = get_generator(args.generator, **gen_kwargs)
     store_dir = default_store_dir(root, generator, k, out=args.out)
@@ -252,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         f"K={k} -> {store_dir}",
         file=sys.stderr,
     )
-    results = _run(todo, args, gen_kwargs, str(store_dir), k, generator)
+    results = _run(todo, args, gen_kwargs, str(store_dir), k, generator, imaging)
 
     done = [r for r in results if "error" not in r]
     failed = [r for r in results if "error" in r]
@@ -288,6 +274,7 @@ def _run(
     store_dir: str,
     k: int,
     generator: Any,
+    imaging: dict[str, Any],
 ) -> _Results:
     from tqdm import tqdm
 
@@ -305,20 +292,17 @@ def _run(
         if args.workers == 1 or len(todo) <= 1:
             from entitwist.entities.store import EntityStore
 
-            _STATE.update(generator=generator, store=EntityStore(store_dir), k=k)
+            _STATE.update(generator=generator, store=EntityStore(store_dir), k=k, imaging=imaging)
             for item in todo:
                 collect(_work(item))
         else:
-            import multiprocessing as mp
+            from entitwist.utils.processes import pool_context
 
-            # fork starts workers at once; once torch is loaded (SAM) its threads make fork
-            # unsafe, so spawn then
-            fork_ok = "fork" in mp.get_all_start_methods() and "torch" not in sys.modules
-            ctx = mp.get_context("fork" if fork_ok else "spawn")
-            with ctx.Pool(
+            # fork while torch is not loaded (weight-free generators), spawn once it is (SAM)
+            with pool_context().Pool(
                 processes=args.workers,
                 initializer=_init_worker,
-                initargs=(args.generator, gen_kwargs, store_dir, k),
+                initargs=(args.generator, gen_kwargs, store_dir, k, imaging),
             ) as pool:
                 for r in pool.imap_unordered(_work, todo, chunksize=1):
                     collect(r)

@@ -4,8 +4,8 @@
 
 - ``felzenszwalb`` (default, weight-free): scikit-image graph segmentation run on a copy
   downscaled so that its longest side is ``work_size`` (256) and contrast-stretched,
-  labels upsampled back with nearest neighbour. A partition of the image: every pixel is
-  in exactly one mask.
+  labels upsampled back with nearest neighbour (:func:`entitwist.imaging.resize_nearest`).
+  A partition of the image: every pixel is in exactly one mask.
 - ``felzenszwalb-rag`` (weight-free): a fine felzenszwalb cut whose adjacent segments of
   similar mean colour are merged again (scikit-image region adjacency graph); keeps small
   objects whole. The demo's generator.
@@ -23,7 +23,7 @@ weight-free ones) and ``__call__(image uint8 (H, W, 3)) -> list[np.ndarray bool 
 The weight-free generators also offer ``label_map(image, max_entities)``, a fast path equal
 to ``paint_label_map(gen(image), max_entities)`` (tested against it).
 
-Only numpy, PIL and scikit-image are imported here; the SAM classes live in
+Only numpy, PIL, scikit-image and :mod:`entitwist.imaging` are imported here; the SAM classes live in
 :mod:`entitwist.entities.sam` and import torch, segment_anything and transformers only
 when used.
 """
@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from entitwist.errors import ConfigError, InputError
+from entitwist.imaging import resize_nearest
 
 DEFAULT_GENERATOR = "felzenszwalb"
 
@@ -56,22 +57,6 @@ def check_image(image: Any) -> np.ndarray:
     if image.shape[0] < 2 or image.shape[1] < 2:
         raise InputError(f"image of size {image.shape[:2]} is too small for entity masks")
     return np.ascontiguousarray(image)
-
-
-def nearest_indices(src: int, dst: int) -> np.ndarray:
-    """Source index for each of ``dst`` output positions, nearest-neighbour (pixel centres)."""
-    idx = ((np.arange(dst) + 0.5) * (src / dst)).astype(np.int64)  # (dst,)
-    return np.minimum(idx, src - 1)
-
-
-def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a 2-D array to ``size`` = (H, W) with nearest neighbour (any dtype)."""
-    h, w = array.shape[:2]
-    if (h, w) == tuple(size):
-        return array
-    rows = nearest_indices(h, size[0])  # (H,)
-    cols = nearest_indices(w, size[1])  # (W,)
-    return array[rows[:, None], cols[None, :]]
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -19,10 +19,10 @@ import numpy as np
 from entitwist.entities.generators import (
     MaskGenerator,
     resize_image,
-    resize_nearest,
     sha256_file,
 )
 from entitwist.errors import CheckpointError, ConfigError, EntitwistError
+from entitwist.imaging import resize_nearest
 
 # --- SAM (segment-anything) -------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from entitwist.imaging.resize import (
     IMAGENET_STD,
     nearest_index,
     normalize,
+    prepare_image,
     resize_image,
     resize_nearest,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "normalize",
     "parse_bands",
     "parse_stretch",
+    "prepare_image",
     "raw_to_rgb",
     "read_array",
     "read_image",

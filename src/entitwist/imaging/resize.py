@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported when a tensor is resized, so the readers stay light
+    import torch
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -35,6 +37,7 @@ __all__ = [
     "resize_nearest",
     "resize_image",
     "normalize",
+    "prepare_image",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -61,7 +64,7 @@ def nearest_index(n_in: int, n_out: int) -> np.ndarray:
 
 def resize_nearest(
     labels: np.ndarray | torch.Tensor, size: tuple[int, int]
-) -> np.ndarray | torch.Tensor:
+) -> np.ndarray | torch.Tensor:  # (..., h, w)
     """Nearest resize of an ``(..., H, W)`` array or tensor to ``size = (h, w)``.
 
     Any dtype (kept); numpy in, numpy out; tensor in, tensor out (on its device). Returns
@@ -72,7 +75,9 @@ def resize_nearest(
     if (h, w) == size:
         return labels
     rows, cols = nearest_index(h, size[0]), nearest_index(w, size[1])
-    if isinstance(labels, torch.Tensor):
+    if not isinstance(labels, np.ndarray) and hasattr(labels, "index_select"):  # a tensor
+        import torch
+
         r = torch.tensor(rows, device=labels.device)
         c = torch.tensor(cols, device=labels.device)
         return labels.index_select(-2, r).index_select(-1, c)
@@ -85,11 +90,17 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     uint8 in, uint8 out (rounded, like PIL; the fast path on CPU, channels-last strides
     welcome); float in, float out.
     """
+    import torch.nn.functional as F
+
     size = (int(size[0]), int(size[1]))
     if tuple(image.shape[-2:]) == size:
         return image
+    if image.dim() == 3:  # a view keeps channels-last strides (the fast uint8 kernel)
+        return F.interpolate(
+            image[None], size=size, mode="bilinear", align_corners=False, antialias=True
+        )[0]
     lead = image.shape[:-3]
-    x = image.reshape(-1, *image.shape[-3:])
+    x = image if image.dim() == 4 else image.reshape(-1, *image.shape[-3:])
     out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return out.reshape(*lead, *out.shape[-3:])
 
@@ -100,6 +111,45 @@ def normalize(
     std: Sequence[float] | torch.Tensor = IMAGENET_STD,
 ) -> torch.Tensor:
     """uint8 (or 0..255 float) ``(..., 3, H, W)`` -> float32 ``(x / 255 - mean) / std``."""
+    import torch
+
     mean = torch.as_tensor(mean, dtype=torch.float32, device=image.device).view(3, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=image.device).view(3, 1, 1)
     return image.float().sub(mean * 255.0).div_(std * 255.0)
+
+
+def prepare_image(
+    image: np.ndarray | torch.Tensor,
+    size: tuple[int, int],
+    mean: Sequence[float] | torch.Tensor = IMAGENET_MEAN,
+    std: Sequence[float] | torch.Tensor = IMAGENET_STD,
+) -> torch.Tensor:
+    """uint8 RGB ``(..., H, W, 3)`` (array or tensor) -> normalised float32 ``(..., 3, *size)``.
+
+    The bilinear rule in uint8 on the CPU (a tensor elsewhere is brought to the CPU for it,
+    so every device sees the same picture), then :func:`normalize` on the device of
+    ``mean`` (a tensor) or the CPU. What training (``ReferringTransform``) and inference
+    (``EntiTwistNet.preprocess``) both run.
+    """
+    import torch
+
+    from entitwist.errors import InputError
+
+    t = image
+    if isinstance(image, np.ndarray):
+        if not (image.flags.writeable and image.flags.c_contiguous):
+            image = np.array(image, order="C")  # torch wants writable, contiguous memory
+        t = torch.from_numpy(image)
+    if not isinstance(t, torch.Tensor) or t.dim() < 3 or t.shape[-1] != 3 or t.dtype != torch.uint8:
+        got = f"{t.dtype} {tuple(t.shape)}" if hasattr(t, "shape") else type(image).__name__
+        raise InputError(
+            f"image must be uint8 RGB (H, W, 3) or (B, H, W, 3), got {got}; read files with "
+            "entitwist.imaging.read_image"
+        )
+    if min(t.shape[-3], t.shape[-2]) < 1:
+        raise InputError(
+            f"image has shape {tuple(t.shape)}: it is empty; give an image with pixels"
+        )
+    x = resize_image(t.cpu().movedim(-1, -3), size)  # (..., 3, h, w) uint8
+    device = mean.device if isinstance(mean, torch.Tensor) else x.device
+    return normalize(x.to(device), mean, std).contiguous()

@@ -6,17 +6,18 @@
 >>> pred.mask.shape, pred.mask.dtype, pred.probability.dtype       # (H, W) bool, float32
 >>> preds = predictor.predict(image, ["the red car", "the road"])   # one batched forward
 
-The image (uint8 ``(H, W, 3)`` or a path) is resized to the network's input size
-(``model.config.visual.img_size``, bilinear with antialiasing) and normalised with the
-ImageNet mean and standard deviation; the foreground probability (softmax over the two
-classes) is resized back to ``(H, W)`` bilinearly, and ``mask = probability >= 0.5`` (the
-argmax of the two classes, up to exact ties).
+The image (uint8 ``(H, W, 3)``, or a path read by :func:`entitwist.imaging.read_image` with
+the bands and stretch recorded in ``model.config.imaging``) goes through
+``model.preprocess`` (bilinear resize with antialiasing to ``model.config.visual.img_size``
+in uint8, ImageNet normalisation: the training transform's function); the foreground
+probability (softmax over the two classes) is resized back to ``(H, W)`` bilinearly, and
+``mask = probability >= 0.5`` (the argmax of the two classes, up to exact ties).
 
 Entities (the label map SEG pools into its entity areas): ``"auto"`` (the default) computes
-them once per image with the predictor's generator (weight-free ``felzenszwalb`` unless a
-SAM checkpoint was given) on the image as the network sees it (resized to the input size;
-the network area-pools them to at most a quarter of that size); an array gives the map
-itself (uint8/int ``(H, W)``, resized nearest); None runs without entities (G = 0).
+them once per image with the predictor's generator on the full-resolution picture, exactly
+as ``entitwist entities`` computes the training maps (:meth:`Predictor.entity_labels`),
+then resizes them nearest to the input size like the training transform; an array gives
+the map itself (uint8/int ``(H, W)``, resized nearest); None runs without entities (G = 0).
 """
 
 from __future__ import annotations
@@ -30,15 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from entitwist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from entitwist.errors import InputError
+from entitwist.imaging import prepare_image, resize_image, resize_nearest
 
 __all__ = [
     "Prediction",
     "Predictor",
     "resolve_device",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
 ]
 
 
@@ -85,11 +84,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _as_image(image: np.ndarray | str | os.PathLike) -> np.ndarray:
+def _as_image(
+    image: np.ndarray | str | os.PathLike, read_options: dict[str, Any] | None = None
+) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
-        from entitwist.data.io import read_image
+        from entitwist.imaging import read_image
 
-        image = read_image(image)
+        image = read_image(image, **(read_options or {}))
     if not isinstance(image, np.ndarray):
         raise InputError(
             f"image must be a numpy uint8 (H, W, 3) array or a path, not {type(image).__name__}"
@@ -225,16 +226,31 @@ class Predictor:
             self._generator = get_generator(source.name, **source.params)
         return self._generator
 
-    def entity_map(
-        self, image: np.ndarray, small: np.ndarray, entities: Any
-    ) -> torch.Tensor | None:
+    @property
+    def read_options(self) -> dict[str, Any]:
+        """How paths are read (:func:`entitwist.imaging.read_image` keyword arguments): the
+        bands and stretch the model was trained with (``config.imaging``), else the rules."""
+        imaging = getattr(getattr(self.model, "config", None), "imaging", None)
+        return imaging.read_options() if imaging is not None else {}
+
+    def entity_labels(self, image: np.ndarray) -> np.ndarray:
+        """The entity label map of a uint8 (H, W, 3) picture: uint8 (H, W), 0 = none,
+        1..K, computed with :meth:`get_entity_generator` on the full-resolution picture,
+        the map ``entitwist entities`` stores for the same picture and generator."""
+        from entitwist.entities import compute_entities
+
+        return compute_entities(
+            _as_image(image), generator=self.get_entity_generator(), max_entities=self.max_entities
+        )  # (H, W) uint8
+
+    def entity_map(self, image: np.ndarray, entities: Any) -> torch.Tensor | None:
         """The entity map the network sees: (1, S, S) long, or None (no entities, or a model
         without entity guidance).
 
         Args:
-            image: the uint8 (H, W, 3) input; ``small``: its resized (S, S, 3) view from
-                :meth:`prepare`. ``entities``: ``"auto"`` (computed on ``small``), None, or an
-                (H, W) integer label map (resized nearest).
+            image: the uint8 (H, W, 3) input. ``entities``: ``"auto"``
+                (:meth:`entity_labels`), None, or an (H, W) integer label map; either map
+                is resized nearest (:func:`entitwist.imaging.resize_nearest`) to S.
         """
         if entities is None or not self.uses_entities:
             return None
@@ -242,41 +258,33 @@ class Predictor:
         if isinstance(entities, str):
             if entities != "auto":
                 raise InputError(f"entities={entities!r}; use 'auto', None or an (H, W) label map")
-            from entitwist.entities import compute_entities
-
-            labels = compute_entities(
-                small, generator=self.get_entity_generator(), max_entities=self.max_entities
-            )  # (S, S) uint8
-            return torch.from_numpy(np.asarray(labels, dtype=np.int64))[None]
-        labels = np.asarray(entities)
-        if labels.ndim != 2 or labels.shape != image.shape[:2]:
-            raise InputError(
-                f"entity map has shape {labels.shape} but the image is {image.shape[0]}x{image.shape[1]}; "
-                "give a label map of the image's size"
-            )
-        if labels.dtype.kind not in "ui" or (
-            labels.size and (labels.min() < 0 or labels.max() > self.max_entities)
-        ):
-            raise InputError(
-                f"entity map must hold integer labels 0..{self.max_entities}; recompute it with entitwist entities"
-            )
-        t = torch.from_numpy(labels.astype(np.float32))[None, None]  # (1, 1, H, W)
-        t = F.interpolate(t, size=(size, size), mode="nearest")
-        return t[:, 0].long()  # (1, S, S)
+            labels = self.entity_labels(image)  # (H, W) uint8
+        else:
+            labels = np.asarray(entities)
+            if labels.ndim != 2 or labels.shape != image.shape[:2]:
+                raise InputError(
+                    f"entity map has shape {labels.shape} but the image is {image.shape[0]}x{image.shape[1]}; "
+                    "give a label map of the image's size"
+                )
+            if labels.dtype.kind not in "ui" or (
+                labels.size and (labels.min() < 0 or labels.max() > self.max_entities)
+            ):
+                raise InputError(
+                    f"entity map must hold integer labels 0..{self.max_entities}; recompute it with entitwist entities"
+                )
+        small = resize_nearest(labels, (size, size))  # (S, S)
+        return torch.from_numpy(small.astype(np.int64))[None]  # (1, S, S)
 
     def prepare(self, image: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """uint8 (H, W, 3) -> normalised (1, 3, S, S) tensor and the resized uint8 (S, S, 3)."""
+        """uint8 (H, W, 3) -> the network input (1, 3, S, S) (``model.preprocess``) and the
+        resized uint8 picture (S, S, 3) it was normalised from."""
         size = self.image_size
-        x = (
-            torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-        )  # (1, 3, H, W)
-        x = F.interpolate(
-            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
-        small = x[0].clamp(0, 255).round().byte().permute(1, 2, 0).numpy()  # (S, S, 3)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
-        return (x - mean) / std, small
+        chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W) uint8
+        small = resize_image(chw, (size, size)).permute(1, 2, 0).contiguous().numpy()
+        preprocess = getattr(self.model, "preprocess", None)
+        if preprocess is None:  # a stand-in network without preprocess: the same function
+            return prepare_image(small, (size, size))[None], small
+        return preprocess(small), small  # (already S x S: normalised only)
 
     @torch.no_grad()
     def predict_probability(
@@ -293,7 +301,7 @@ class Predictor:
                 or an explicit (h, w).
         Returns: (B, h, w) float32, B = len(sentences).
         """
-        image = _as_image(image)
+        image = _as_image(image, self.read_options)
         if not sentences:
             raise InputError("no sentence given; give at least one referring sentence")
         for s in sentences:
@@ -309,8 +317,8 @@ class Predictor:
             height, width = image.shape[:2]
         else:
             height, width = (int(v) for v in output_size)
-        x, small = self.prepare(image)  # (1, 3, S, S)
-        ent = self.entity_map(image, small, entities)  # (1, S, S) | None
+        x, _ = self.prepare(image)  # (1, 3, S, S)
+        ent = self.entity_map(image, entities)  # (1, S, S) | None
         x = x.to(self.device)
         ent = None if ent is None else ent.to(self.device)
         out = []
@@ -340,14 +348,15 @@ class Predictor:
         """Segment ``image`` for one sentence (-> a Prediction) or a list (-> a list, one batch).
 
         Args:
-            image: uint8 (H, W, 3) RGB array, or a path read with ``entitwist.data.io.read_image``.
+            image: uint8 (H, W, 3) RGB array, or a path (read with
+                :func:`entitwist.imaging.read_image` and :attr:`read_options`).
             sentences: a sentence or a list of sentences.
             entities: ``"auto"`` (computed once for the image), None (no entities), or a
                 label map (H, W) with values 0..K.
         """
         single = isinstance(sentences, str)
         sentence_list = [sentences] if single else list(sentences)
-        image = _as_image(image)
+        image = _as_image(image, self.read_options)
         probs = self.predict_probability(image, sentence_list, entities)  # (B, H, W)
         preds = [
             Prediction(mask=p >= 0.5, probability=p, sentence=s)
@@ -386,12 +395,12 @@ class Predictor:
             raise InputError(f"{len(ents)} entity maps for {len(images)} images; give one per image")
         out: list[np.ndarray] = []
         for i in range(0, len(images), self.batch_size):
-            arrays = [_as_image(im) for im in images[i : i + self.batch_size]]
+            arrays = [_as_image(im, self.read_options) for im in images[i : i + self.batch_size]]
             xs, maps = [], []
             for image, ent in zip(arrays, ents[i : i + self.batch_size]):
-                x, small = self.prepare(image)  # (1, 3, S, S)
+                x, _ = self.prepare(image)  # (1, 3, S, S)
                 xs.append(x)
-                maps.append(self.entity_map(image, small, ent))  # (1, S, S) | None
+                maps.append(self.entity_map(image, ent))  # (1, S, S) | None
             if any(m is None for m in maps) and not all(m is None for m in maps):
                 raise InputError("give entity maps for all images of a call or for none")
             tokens = self.model.tokenizer(list(sentences[i : i + self.batch_size]))

@@ -6,12 +6,14 @@ a supported format, not empty or corrupt, at least :data:`MIN_SIDE` pixels a sid
 turns any window of it into what the network eats: uint8 RGB ``(h, w, 3)`` plus a validity
 mask ``(h, w)`` (False on nodata, masked or NaN pixels). The choices made on the way:
 
-- bands: ``bands=[3, 2, 1]`` (1-based, GDAL order) picks the three channels; one band is
-  copied to three. Default: bands 1, 2, 3 when there are three or more, else band 1 x 3.
-- stretch: uint8 imagery is used as is; 16-bit, 32-bit and float imagery is mapped to
-  uint8 by a per-band percentile stretch (``(2, 98)`` by default) whose limits are measured
-  once on the whole-scene overview (so every tile of a large scene gets the same mapping).
-  An explicit ``stretch=(lo, hi)`` also applies to uint8 imagery.
+- bands and stretch: the rules of :mod:`entitwist.imaging.rules` (default bands 1, 2, 3
+  or band 1 x 3; uint8 as is, other types a per-band 2-98 % percentile stretch), with
+  limits measured once on the whole-scene overview (so every tile of a large scene gets
+  the same mapping; for a scene that fits the overview they equal
+  :func:`entitwist.imaging.read_image`'s).
+- decoding: TIFF / GeoTIFF through GDAL; PNG, JPEG and other plain images through PIL
+  (:func:`entitwist.imaging.decode_pil`, the decoder of the datasets), held in memory as a
+  GDAL dataset with the file's georeferencing (world file) and alpha as its mask.
 - nodata: the file's nodata value / mask / alpha band (through GDAL's per-band masks), NaN,
   or an override ``nodata=value``. Nodata pixels are black in the RGB and never valid.
 
@@ -30,7 +32,6 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,127 +40,33 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from entitwist.errors import InputError
+from entitwist.errors import DataError, InputError
+from entitwist.imaging import (
+    TIFF_SUFFIXES,
+    Stretch,
+    compute_stretch,
+    decode_pil,
+    parse_bands,
+    raw_to_rgb,
+    resolve_stretch,
+)
 
 __all__ = [
     "MIN_SIDE",
     "SUPPORTED_SUFFIXES",
-    "DEFAULT_STRETCH",
     "RasterSource",
-    "parse_bands",
-    "parse_stretch",
-    "compute_stretch",
-    "apply_stretch",
     "open_writer",
     "gdal_env",
 ]
 
 MIN_SIDE = 4  # the smallest image side (pixels) worth segmenting
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-DEFAULT_STRETCH = (2.0, 98.0)
 GDAL_CACHE_MB = 128  # bounds GDAL's block cache (its default is 5 % of RAM)
 
 
 def gdal_env() -> rasterio.Env:
     """A rasterio environment with a small block cache and no ``.aux.xml`` side files."""
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_PAM_ENABLED="NO", CPL_LOG="/dev/null")
-
-
-def parse_bands(spec: str | Sequence[int] | None, count: int) -> list[int]:
-    """Return three 1-based band indices from ``"3,2,1"``, ``"1"``, a list, or None.
-
-    Raises :class:`InputError` for a malformed list, a band outside ``1..count``, or a
-    number of bands other than one or three.
-    """
-    if spec is None or (isinstance(spec, str) and not spec.strip()):
-        return [1, 2, 3] if count >= 3 else [1, 1, 1]
-    if isinstance(spec, str):
-        try:
-            bands = [int(part) for part in spec.split(",")]
-        except ValueError:
-            raise InputError(
-                f"--bands {spec!r} is not a comma-separated list of band numbers; write e.g. --bands 3,2,1"
-            ) from None
-    else:
-        bands = [int(b) for b in spec]
-    if len(bands) not in (1, 3):
-        raise InputError(
-            f"--bands {','.join(map(str, bands))} selects {len(bands)} bands; give one band (copied to RGB) or three"
-        )
-    bad = [b for b in bands if not 1 <= b <= count]
-    if bad:
-        raise InputError(
-            f"band {bad[0]} is out of range: the image has {count} band(s), numbered 1..{count}; fix --bands"
-        )
-    return bands * 3 if len(bands) == 1 else bands
-
-
-def parse_stretch(spec: str | Sequence[float] | None) -> tuple[float, float] | None:
-    """Parse ``"2,98"`` (percentiles) into a tuple; None/``"auto"`` -> None (the default rule)."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in {"", "auto"}):
-        return None
-    try:
-        parts = (
-            [float(p) for p in spec.split(",")]
-            if isinstance(spec, str)
-            else [float(p) for p in spec]
-        )
-    except ValueError:
-        raise InputError(
-            f"--stretch {spec!r} is not two percentiles; write e.g. --stretch 2,98"
-        ) from None
-    if len(parts) != 2 or not all(math.isfinite(p) for p in parts):
-        raise InputError(f"--stretch {spec!r} is not two percentiles; write e.g. --stretch 2,98")
-    lo, hi = parts
-    if not 0.0 <= lo < hi <= 100.0:
-        raise InputError(
-            f"--stretch {lo:g},{hi:g} must satisfy 0 <= low < high <= 100; write e.g. --stretch 2,98"
-        )
-    return lo, hi
-
-
-def compute_stretch(
-    data: np.ndarray, valid: np.ndarray, percentiles: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band stretch limits from the valid pixels.
-
-    Args:
-        data: (C, H, W) float32 raw values.
-        valid: (H, W) bool.
-        percentiles: (low, high) in 0..100.
-    Returns:
-        ``lows``, ``highs``: (C,) float64 with ``highs > lows``.
-    """
-    lows = np.zeros(data.shape[0])
-    highs = np.ones(data.shape[0])
-    for c in range(data.shape[0]):
-        values = data[c][valid & np.isfinite(data[c])]
-        if values.size == 0:
-            continue
-        lo, hi = np.percentile(values, percentiles)
-        if not hi > lo:  # a constant band: map its value to mid grey rather than dividing by 0
-            lo, hi = lo - 0.5, lo + 0.5
-        lows[c], highs[c] = lo, hi
-    return lows, highs
-
-
-def apply_stretch(
-    data: np.ndarray, lows: np.ndarray, highs: np.ndarray, *, inplace: bool = False
-) -> np.ndarray:
-    """Map (C, H, W) raw values linearly so that ``lows -> 0`` and ``highs -> 255``, clipped.
-
-    Returns (C, H, W) uint8; NaN becomes 0. ``inplace=True`` reuses ``data`` (float32) as
-    the work buffer, which keeps a large tile's peak memory to about twice its size.
-    """
-    lows = np.asarray(lows, dtype=np.float32)[:, None, None]
-    highs = np.asarray(highs, dtype=np.float32)[:, None, None]
-    work = data if (inplace and data.dtype == np.float32) else data.astype(np.float32)
-    work -= lows
-    work *= 255.0 / (highs - lows)
-    np.nan_to_num(work, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-    np.clip(work, 0, 255, out=work)
-    np.rint(work, out=work)
-    return work.astype(np.uint8)
 
 
 def _check_path(path: Path) -> None:
@@ -184,20 +91,15 @@ def _check_path(path: Path) -> None:
         raise InputError(f"image {str(path)!r} is empty (0 bytes); re-export or re-download it")
 
 
-@dataclass
-class _Stretch:
-    lows: np.ndarray
-    highs: np.ndarray
-
-
 class RasterSource:
     """An opened image file, read window by window as uint8 RGB plus a validity mask.
 
     Args:
         path: PNG, JPEG, TIFF or GeoTIFF.
         bands: ``"3,2,1"``, a list of 1-based band numbers, or None (see :func:`parse_bands`).
-        stretch: (low, high) percentiles, or None for the default rule (uint8 as is, other
-            types ``(2, 98)``).
+        stretch: None (the default rule: uint8 as is, other types ``(2, 98)``),
+            ``"none"`` (values as they are), or (low, high) percentiles; see
+            :func:`entitwist.imaging.parse_stretch`.
         nodata: a value that marks missing pixels, overriding the file's own nodata.
 
     Attributes: ``width``, ``height``, ``count``, ``dtype``, ``crs`` (``rasterio.crs.CRS`` or
@@ -210,9 +112,10 @@ class RasterSource:
         path: str | os.PathLike,
         *,
         bands: str | Sequence[int] | None = None,
-        stretch: tuple[float, float] | None = None,
+        stretch: Stretch = None,
         nodata: float | None = None,
     ) -> None:
+        self._memfile: Any = None
         self.path = Path(path)
         _check_path(self.path)
         try:
@@ -226,14 +129,48 @@ class RasterSource:
                 "not an image: re-export or re-download it"
             ) from None
         try:
+            if self.path.suffix.lower() not in TIFF_SUFFIXES:
+                self._decode_with_pil()
             self._init_checks(bands, stretch, nodata)
         except BaseException:
             self.close()
             raise
 
-    def _init_checks(
-        self, bands: Any, stretch: tuple[float, float] | None, nodata: float | None
-    ) -> None:
+    def _decode_with_pil(self) -> None:
+        """Replace the GDAL dataset of a plain image by PIL's pixels (the datasets' decoder),
+        kept in memory with the file's georeferencing and alpha as the mask."""
+        from rasterio.io import MemoryFile
+
+        try:
+            arr, alpha, _ = decode_pil(self.path)  # (H, W, C), (H, W) | None
+        except DataError as exc:
+            reason = str(exc).split(": ", 1)[-1].split(";")[0]
+            raise InputError(
+                f"cannot read image {str(self.path)!r} ({reason[:160]}); the file is truncated, "
+                "corrupt or not an image: re-export or re-download it"
+            ) from None
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": arr.shape[1],
+            "height": arr.shape[0],
+            "count": arr.shape[2],
+            "dtype": arr.dtype.name,
+        }
+        if self.ds.crs:
+            profile["crs"] = self.ds.crs
+        if not self.ds.transform.is_identity:
+            profile["transform"] = self.ds.transform
+        self.ds.close()
+        self._memfile = MemoryFile()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with self._memfile.open(**profile) as dst:
+                dst.write(np.moveaxis(arr, -1, 0))
+                if alpha is not None:
+                    dst.write_mask(alpha.astype(np.uint8) * 255)
+            self.ds = self._memfile.open()
+
+    def _init_checks(self, bands: Any, stretch: Stretch, nodata: float | None) -> None:
         ds = self.ds
         self.width, self.height, self.count = ds.width, ds.height, ds.count
         if self.count == 0:
@@ -255,10 +192,8 @@ class RasterSource:
         self.georeferenced = not self.transform.is_identity
         self.nodata_override = None if nodata is None else float(nodata)
         self._mask_mode, self._nodata_values = self._mask_strategy()
-        self.stretch_percentiles = stretch
-        if stretch is None and self.dtype != np.uint8:
-            self.stretch_percentiles = DEFAULT_STRETCH
-        self._stretch: _Stretch | None = None
+        self.stretch_percentiles = resolve_stretch(self.dtype, stretch)
+        self._limits: tuple[np.ndarray, np.ndarray] | None = None
         # Read one pixel now so that a file whose header is fine but whose data is truncated
         # fails here with a clear message (a deeper truncation is caught on each read).
         self.read_raw(Window(0, 0, 1, 1))
@@ -284,6 +219,9 @@ class RasterSource:
         if getattr(self, "ds", None) is not None:
             self.ds.close()
             self.ds = None
+        if getattr(self, "_memfile", None) is not None:
+            self._memfile.close()
+            self._memfile = None
 
     def __enter__(self) -> RasterSource:
         return self
@@ -376,30 +314,33 @@ class RasterSource:
         return data, valid, factor
 
     def set_stretch_from(self, data: np.ndarray, valid: np.ndarray) -> None:
-        """Measure the stretch limits on ``data`` (3, h, w) (normally the overview)."""
+        """Measure the stretch limits on ``data`` (3, h, w) (normally the overview).
+
+        Raises :class:`InputError` for an all-nodata scene or a band the stretch cannot use
+        (see :func:`entitwist.imaging.compute_stretch`).
+        """
         if not valid.any():
             raise InputError(
                 f"every pixel of {str(self.path)!r} is nodata; nothing to segment (check the file or --nodata)"
             )
-        if self.stretch_percentiles is None:
-            self._stretch = None
-        else:
-            lows, highs = compute_stretch(data, valid, self.stretch_percentiles)
-            self._stretch = _Stretch(lows, highs)
+        self._limits = None
+        if self.stretch_percentiles is not None:
+            self._limits = compute_stretch(
+                data,
+                valid,
+                self.stretch_percentiles,
+                bands=self.bands,
+                source=repr(str(self.path)),
+            )
 
     def to_rgb(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """(3, h, w) raw -> (h, w, 3) uint8 with the scene's stretch; nodata pixels black.
 
         ``data`` is overwritten (it is used as the work buffer).
         """
-        if self._stretch is None:
-            if self.stretch_percentiles is not None:
-                raise RuntimeError("call set_stretch_from() (or overview()) before to_rgb()")
-            out = np.clip(np.nan_to_num(data, nan=0.0), 0, 255).astype(np.uint8)
-        else:
-            out = apply_stretch(data, self._stretch.lows, self._stretch.highs, inplace=True)
-        out[:, ~valid] = 0
-        return np.ascontiguousarray(out.transpose(1, 2, 0))  # (h, w, 3)
+        if self._limits is None and self.stretch_percentiles is not None:
+            raise RuntimeError("call set_stretch_from() (or overview()) before to_rgb()")
+        return raw_to_rgb(data, valid, self._limits, inplace=True)
 
     def read_rgb(self, window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Read a window as ``rgb`` (h, w, 3) uint8 and ``valid`` (h, w) bool."""

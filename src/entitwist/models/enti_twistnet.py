@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from entitwist.config import ModelConfig
 from entitwist.errors import ConfigError, InputError
+from entitwist.imaging import IMAGENET_MEAN, IMAGENET_STD, prepare_image
 from entitwist.models.decoder import Decoder
 from entitwist.models.hub import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
 from entitwist.models.text import TextEncoder, Tokenizer, build_tokenizer
@@ -139,6 +140,25 @@ class EntiTwistNet(
             )
         self._tokenizer: Tokenizer | None = None
         self._tokenizer_config = config.text
+        # The input normalisation (preprocess). Not saved with the weights (persistent=False):
+        # every Enti-TwistNet uses the ImageNet statistics of its Swin backbone, and folders
+        # saved before these buffers existed keep loading.
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD), persistent=False)
+
+    # ------------------------------------------------------------------ preprocessing
+    def preprocess(self, image: Any) -> Tensor:
+        """uint8 RGB ``(H, W, 3)`` or ``(B, H, W, 3)`` (numpy array or tensor) -> the network
+        input ``(B, 3, S, S)`` float32 on the model's device, S = ``config.visual.img_size``.
+
+        Bilinear resize with antialiasing in uint8 (PIL-like), then ``(x / 255 - pixel_mean)
+        / pixel_std``: :func:`entitwist.imaging.prepare_image`, the very function the
+        training transform runs. Read files with :func:`entitwist.imaging.read_image` (with
+        ``**config.imaging.read_options()``) first.
+        """
+        size = int(self.config.visual.img_size)
+        x = prepare_image(image, (size, size), self.pixel_mean, self.pixel_std)
+        return x[None] if x.dim() == 3 else x
 
     # ------------------------------------------------------------------ tokenizer
     @property
@@ -163,7 +183,8 @@ class EntiTwistNet(
         return_intermediates: bool = False,
         text_features: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor | dict[str, Any]:
-        input_ids, attention_mask = self._check_inputs(image, input_ids, attention_mask, entities)
+        # shapes and types only: the value checks (check_inputs) need host synchronisations
+        input_ids, attention_mask = self._check_shapes(image, input_ids, attention_mask, entities)
         have_entities = entities is not None and entities.numel() > 0
         use_entities = self.config.fusion.seg and have_entities
         num_entities = int(entities.max()) if have_entities else 0
@@ -214,9 +235,46 @@ class EntiTwistNet(
             return {"logits": logits, "stages": stages, "entity_scores": scores}
         return logits
 
-    def _check_inputs(
+    def check_inputs(
+        self,
+        image: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        entities: Tensor | None = None,
+    ) -> None:
+        """Raise :class:`InputError` (one line) for inputs :meth:`forward` cannot use.
+
+        ``forward`` checks shapes and types only (free); this also checks the values (every
+        sample has text, token ids within the vocabulary, entity labels within 0..K), which
+        costs a few host synchronisations: run it where inputs enter (``Predictor`` does; the
+        tokenizer and the entity readers produce valid values by construction).
+        """
+        input_ids, attention_mask = self._check_shapes(image, input_ids, attention_mask, entities)
+        if input_ids.shape[1] == 0 or not bool((attention_mask != 0).any(dim=1).all()):
+            raise InputError(
+                "empty text: a sample's attention_mask is all 0; give every image a sentence"
+            )
+        vocab = int(self.text.model.config.vocab_size)
+        if input_ids.numel():
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= vocab:
+                raise InputError(
+                    f"token ids must lie in [0, {vocab}); got [{lo}, {hi}] "
+                    "-- tokenize with this model's tokenizer"
+                )
+        if entities is not None and self.config.fusion.seg and entities.numel():
+            k = self.config.fusion.max_entities
+            lo, hi = int(entities.min()), int(entities.max())
+            if lo < 0 or hi > k:
+                raise InputError(
+                    f"entity labels must lie in 0..K={k}, got [{lo}, {hi}]; relabel the map or "
+                    "raise fusion.max_entities"
+                )
+
+    def _check_shapes(
         self, image: Tensor, input_ids: Tensor, attention_mask: Tensor, entities: Tensor | None
     ) -> tuple[Tensor, Tensor]:
+        """Shape and type checks (no host synchronisation); truncates over-long text."""
         global _TEXT_TRUNCATION_WARNED
         if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3:
             shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
@@ -257,16 +315,8 @@ class EntiTwistNet(
                 )
                 _TEXT_TRUNCATION_WARNED = True
             input_ids, attention_mask = input_ids[:, :n_max], attention_mask[:, :n_max]
-        if input_ids.shape[1] == 0 or not bool((attention_mask != 0).any(dim=1).all()):
-            raise InputError(
-                "empty text: a sample's attention_mask is all 0; give every image a sentence"
-            )
-        vocab = int(self.text.model.config.vocab_size)
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
-            raise InputError(
-                f"token ids must lie in [0, {vocab}); got [{int(input_ids.min())}, {int(input_ids.max())}] "
-                "-- tokenize with this model's tokenizer"
-            )
+        if input_ids.shape[1] == 0:
+            raise InputError("empty text: input_ids has no tokens; give every image a sentence")
         if entities is not None and self.config.fusion.seg:
             if not isinstance(entities, Tensor) or entities.dim() != 3:
                 shape = (
@@ -288,14 +338,6 @@ class EntiTwistNet(
                     f"entity map {tuple(entities.shape)} does not match the image (B, H, W) = ({b}, {h}, {w}); "
                     "resize it with nearest neighbour"
                 )
-            k = self.config.fusion.max_entities
-            if entities.numel():
-                lo, hi = int(entities.min()), int(entities.max())
-                if lo < 0 or hi > k:
-                    raise InputError(
-                        f"entity labels must lie in 0..K={k}, got [{lo}, {hi}]; relabel the map or raise "
-                        "fusion.max_entities"
-                    )
         return input_ids.long(), attention_mask.long()
 
     # ------------------------------------------------------------------ checkpoints

@@ -164,7 +164,7 @@ def _entities_arg(value: str | None) -> Any:
         return None
     if value.lower() == "auto":
         return "auto"
-    from entitwist.data.io import read_label_map
+    from entitwist.imaging import read_label_map
 
     return read_label_map(value)  # (H, W) uint8; DataError when missing
 
@@ -264,7 +264,7 @@ def _cmd_ksweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_stages(args: argparse.Namespace) -> int:
-    from entitwist.data.io import read_image
+    from entitwist.imaging import read_image
     from entitwist.evaluation.plots import check_output, plot_stages
 
     check_output(args.out)
@@ -293,7 +293,7 @@ def _cmd_stages(args: argparse.Namespace) -> int:
 
 
 def _cmd_pca(args: argparse.Namespace) -> int:
-    from entitwist.data.io import read_image
+    from entitwist.imaging import read_image
     from entitwist.evaluation.plots import check_output, plot_pca
 
     check_output(args.out)

@@ -49,7 +49,7 @@ def run_single(
         raise InputError("the sentence is empty; give a referring sentence with --sentence")
     predictor = Predictor(model, device=device)
     x, small = predictor.prepare(image)  # (1, 3, S, S), (S, S, 3)
-    ent = predictor.entity_map(image, small, entities)  # (1, S, S) | None
+    ent = predictor.entity_map(image, entities)  # (1, S, S) | None
     tokens = model.tokenizer([sentence])
     dev = predictor.device
     out = predictor.model(
