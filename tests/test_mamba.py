@@ -1,4 +1,11 @@
-"""Tests for entitwist.models.mamba (Mamba / BiMamba blocks)."""
+"""Tests for entitwist.models.mamba (Mamba / BiMamba blocks).
+
+The blocks are held against :func:`mamba_reference`, a plainly written Mamba layer in float64
+that shares only the weights (mamba-ssm's ``mamba_simple.py`` reference path, step by step:
+``in_proj`` -> (x, z) -> causal depthwise conv -> SiLU -> ``x_proj`` -> (dt, B, C) ->
+softplus(``dt_proj``) -> sequential scan -> D skip -> * SiLU(z) -> ``out_proj``).
+``tests/test_dat.py`` reuses it for eq. 7's channel scan.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,142 @@ import entitwist.models.mamba as mamba_mod
 from entitwist.errors import InputError
 from entitwist.models.mamba import BiMamba, Mamba
 from entitwist.ops import selective_scan_ref
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    return x / (1 + torch.exp(-x))
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    return torch.log1p(torch.exp(x))
+
+
+def mamba_reference(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """One Mamba layer written out step by step; ``params`` by the layer's parameter names.
+
+    Args:
+        params: ``in_proj.weight`` (2E, M), ``conv1d.weight`` (E, 1, K), ``conv1d.bias`` (E,),
+            ``x_proj.weight`` (R + 2N, E), ``dt_proj.weight`` (E, R), ``dt_proj.bias`` (E,),
+            ``A_log`` (E, N), ``D`` (E,), ``out_proj.weight`` (M, E).
+        x: (batch, L, M).
+    """
+    e, n = params["A_log"].shape
+    k = params["conv1d.weight"].shape[-1]
+    r = params["dt_proj.weight"].shape[1]
+    batch, length, _ = x.shape
+    xz = x @ params["in_proj.weight"].T  # (batch, L, 2E)
+    u, z = xz[..., :e], xz[..., e:]  # the first half is the scanned input, the second the gate
+    # causal depthwise convolution: out[t] = bias + sum_j w[j] * u[t - (K - 1) + j], zero before 0
+    w = params["conv1d.weight"][:, 0, :]  # (E, K)
+    conv = []
+    for t in range(length):
+        acc = params["conv1d.bias"].expand(batch, e).clone()
+        for j in range(k):
+            src = t - (k - 1) + j
+            if src >= 0:
+                acc = acc + w[:, j] * u[:, src]
+        conv.append(acc)
+    u = silu(torch.stack(conv, 1))  # (batch, L, E)
+    proj = u @ params["x_proj.weight"].T  # (batch, L, R + 2N)
+    dt_low, b_in, c_out = proj[..., :r], proj[..., r : r + n], proj[..., r + n :]
+    dt = softplus(dt_low @ params["dt_proj.weight"].T + params["dt_proj.bias"])  # (batch, L, E)
+    a = -torch.exp(params["A_log"])  # (E, N)
+    h = torch.zeros(batch, e, n, dtype=x.dtype)
+    ys = []
+    for t in range(length):
+        h = (
+            torch.exp(dt[:, t, :, None] * a) * h
+            + (dt[:, t] * u[:, t])[..., None] * b_in[:, t, None]
+        )
+        ys.append((h * c_out[:, t, None]).sum(-1) + params["D"] * u[:, t])
+    y = torch.stack(ys, 1) * silu(z)  # (batch, L, E)
+    return y @ params["out_proj.weight"].T
+
+
+def bimamba_reference(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """BiMamba: ``forward_layer.*`` on x plus ``backward_layer.*`` on x reversed, reversed back."""
+
+    def sub(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+
+    backward = mamba_reference(sub("backward_layer."), x.flip(1)).flip(1)
+    return mamba_reference(sub("forward_layer."), x) + backward
+
+
+def randomise(module: torch.nn.Module, seed: int) -> None:
+    """Move every parameter off its structured init (D = 1, A_log = log(1..N) per channel), so
+    that a bug which the init hides (a skipped D, a transposed A) still shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.add_(0.3 * p.abs().mean() * torch.randn(p.shape, generator=g))
+            if name.endswith("dt_proj.bias"):  # keep steps in the init's range, now varied
+                p.copy_(torch.empty(p.shape).uniform_(-6.0, -1.0, generator=g))
+
+
+def double_params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().double().requires_grad_() for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("d_conv", [4, 2])
+def test_mamba_layer_matches_plain_reference(d_conv: int) -> None:
+    torch.manual_seed(10)
+    layer = Mamba(12, d_state=5, d_conv=d_conv, expand=2)
+    randomise(layer, 1)
+    x = torch.randn(2, 19, 12, requires_grad=True)
+    y = layer(x)
+    params = double_params(layer)
+    x64 = x.detach().double().requires_grad_()
+    ref = mamba_reference(params, x64)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-5)
+    # gradients of input and of every weight, against the reference's
+    gy = torch.randn_like(ref)
+    (y.double() * gy).sum().backward()
+    (ref * gy).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
+    for name, p in layer.named_parameters():
+        torch.testing.assert_close(p.grad.double(), params[name].grad, rtol=1e-3, atol=1e-5)
+
+
+def test_bimamba_matches_plain_reference() -> None:
+    torch.manual_seed(11)
+    block = BiMamba(16, d_state=4)
+    randomise(block, 2)
+    x = torch.randn(2, 23, 16, requires_grad=True)
+    y = block(x)
+    params = double_params(block)
+    x64 = x.detach().double().requires_grad_()
+    ref = bimamba_reference(params, x64)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-5)
+    gy = torch.randn_like(ref)
+    (y.double() * gy).sum().backward()
+    (ref * gy).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
+    for name, p in block.named_parameters():
+        torch.testing.assert_close(p.grad.double(), params[name].grad, rtol=1e-3, atol=1e-5)
+
+
+def test_bimamba_at_init_matches_plain_reference() -> None:
+    """The untouched init too (its dt bias is what softplus inverts)."""
+    torch.manual_seed(12)
+    block = BiMamba(8, d_state=4)
+    x = torch.randn(1, 15, 8)
+    with torch.no_grad():
+        ref = bimamba_reference(double_params(block), x.double())
+        torch.testing.assert_close(block(x).double(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_reference_is_causal_and_order_sensitive() -> None:
+    """The reference itself: the forward direction ignores the future, reversing changes it."""
+    torch.manual_seed(13)
+    layer = Mamba(8, d_state=4)
+    params = {n: p.detach().double() for n, p in layer.named_parameters()}
+    x = torch.randn(1, 10, 8, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, 7:] += 1.0
+    y, y2 = mamba_reference(params, x), mamba_reference(params, x2)
+    torch.testing.assert_close(y[:, :7], y2[:, :7])
+    assert (y[:, 7:] - y2[:, 7:]).abs().max() > 1e-4
 
 
 def test_shapes_and_init() -> None:
