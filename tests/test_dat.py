@@ -134,6 +134,26 @@ def test_semantic_propagation(mode: str) -> None:
     assert not torch.allclose(sp(cube2)[:, :D], sem[:, :D])
 
 
+def test_semantic_propagation_area_resize_reads_every_position() -> None:
+    torch.manual_seed(4)
+    area = SemanticPropagation(scan_size=4, d_state=4, mode="self_attention", resize="area")
+    cube = torch.randn(1, 2 * D, 12, 8)
+    # reference: the mean of each 3 x 2 cell, by reshaping (12 x 8 -> 4 x 4 cells)
+    down = cube.view(1, 2 * D, 4, 3, 4, 2).mean(dim=(3, 5)).flatten(2)
+    x = area.mixer(area.norm(down)).view(1, 2 * D, 4, 4)
+    up = F.interpolate(x, size=(12, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(area(cube), cube + up)
+    # bilinear sampling misses positions: a change at one of them leaves its output alone
+    bilinear = SemanticPropagation(scan_size=4, d_state=4, mode="self_attention")
+    bilinear.load_state_dict(area.state_dict())
+    poked = cube.clone()
+    poked[:, :, 0, 0] += 10.0  # (0, 0) is outside every bilinear sample of a 3 x 2 cell
+    torch.testing.assert_close(bilinear(poked) - poked, bilinear(cube) - cube)
+    assert not torch.allclose(area(poked) - poked, area(cube) - cube)
+    with pytest.raises(ConfigError, match="scan_resize"):
+        SemanticPropagation(resize="nearest")
+
+
 def test_semantic_propagation_unknown_mode() -> None:
     with pytest.raises(ConfigError, match="propagation"):
         SemanticPropagation(mode="lstm")

@@ -355,3 +355,31 @@ def test_frozen_text_encoder_is_cached_and_stays_in_eval_mode():
     torch.testing.assert_close(cached, trained)  # the same logits as the encoder itself gives
     module(batch)
     assert cache.hits == 3 and cache.misses == 3
+
+
+def test_validation_loss_uses_the_configured_dice_weight():
+    from entitwist.models.loss import referring_loss
+
+    torch.manual_seed(0)
+    module = EntiTwistModule("entitwist_tiny", FAST, dice_weight=1.0).eval()
+    tok = module.tokenizer(["the red car", "a tank"])
+    mask = torch.zeros(2, 64, 64, dtype=torch.long)
+    mask[:, 10:30, 20:40] = 1
+    batch = {
+        "image": torch.randn(2, 3, 64, 64),
+        "input_ids": tok["input_ids"],
+        "attention_mask": tok["attention_mask"],
+        "entities": torch.randint(0, 5, (2, 64, 64)),
+        "mask": mask,
+    }
+    logged = {}
+    module.log = lambda name, value, **kw: logged.setdefault(name, value)
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+        logits = module(batch)
+    want = referring_loss(logits, mask, dice_weight=1.0)
+    assert float(logged["val/loss"]) == pytest.approx(float(want), rel=1e-6)
+    assert float(want) != pytest.approx(float(referring_loss(logits, mask)), rel=1e-3)
+    # SEG on and a batch without entity maps: an error, never a silent G = 0
+    with pytest.raises(DataError, match="carries no entity maps"):
+        module({k: v for k, v in batch.items() if k != "entities"})

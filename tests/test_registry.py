@@ -9,7 +9,8 @@ import torch
 
 import entitwist
 from entitwist.errors import ConfigError
-from entitwist.models.registry import create_model, get_config, list_models, main
+from entitwist.models.cli import main
+from entitwist.models.registry import create_model, get_config, list_models
 
 
 def test_names() -> None:
@@ -39,6 +40,23 @@ def test_paper_default_config() -> None:
     base = get_config("entitwist_swinb_bert_baseline")
     assert (base.fusion.seg, base.fusion.dat) == (False, "none")
     assert get_config("entitwist_swinb_bert", pretrained=False).text.pretrained is None
+
+
+def test_paper_models_record_their_priors_and_attend_densely() -> None:
+    for name in ("entitwist_swinb_bert", "entitwist_swinb_clip", "entitwist_swinb_bert_dat_only"):
+        f = get_config(name, pretrained=False).fusion
+        assert f.attn_kv_stride == (1, 1, 1, 1), name
+        assert (f.entity_generator, f.entity_params, f.max_entities) == (
+            "sam",
+            {"model_type": "vit_b"},
+            40,
+        ), name
+    fast = get_config("entitwist_swinb_bert_fast", pretrained=False)
+    paper = get_config("entitwist_swinb_bert", pretrained=False)
+    assert fast.fusion.attn_kv_stride == (2, 1, 1, 1)
+    assert fast.replace(name=paper.name, attn_kv_stride=(1, 1, 1, 1)) == paper  # nothing else
+    tiny = get_config("entitwist_tiny", pretrained=False).fusion
+    assert (tiny.entity_generator, tiny.max_entities) == ("felzenszwalb", 40)
 
 
 def test_tiny_builds_and_overrides_apply() -> None:
