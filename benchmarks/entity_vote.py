@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from entitwist.data.jsonl import _resolve
+from entitwist.data import load_dataset
 from entitwist.entities import get_generator
-from entitwist.entities.cli import _parse_param
+from entitwist.entities.cli import parse_param
 
 
 def vote_iou(labels: np.ndarray, target: np.ndarray) -> float:
@@ -53,24 +53,23 @@ def main() -> None:
     p.add_argument("--images", type=int, default=80, help="first N images of the split")
     a = p.parse_args()
     root = Path(a.root)
-    gen = get_generator(a.generator, **dict(_parse_param(t) for t in a.param))
-    records = [json.loads(line) for line in (root / "annotations.jsonl").read_text().splitlines()]
-    by_image: dict[str, list[dict]] = {}
+    gen = get_generator(a.generator, **dict(parse_param(t) for t in a.param))
+    records = load_dataset("jsonl", root, a.split, entities=None).records
+    by_image: dict[Path, list] = {}
     for r in records:
-        if r["split"] == a.split:
-            by_image.setdefault(r["image"], []).append(r)
+        by_image.setdefault(r.image_path, []).append(r)
     images = sorted(by_image)[: a.images]
     ious: list[float] = []
     segments: list[int] = []
     cpu = 0.0
     for name in images:
-        image = np.asarray(Image.open(_resolve(root, name, "images")).convert("RGB"))
+        image = np.asarray(Image.open(name).convert("RGB"))
         t0 = time.process_time()
         labels, n = gen.label_map(image, a.max_entities)
         cpu += time.process_time() - t0
         segments.append(n)
         for r in by_image[name]:
-            target = np.asarray(Image.open(_resolve(root, r["mask"], "masks")).convert("L")) > 0
+            target = r.mask() > 0
             ious.append(vote_iou(labels, target))
     seg = np.asarray(segments)
     print(

@@ -71,7 +71,7 @@ class AppServer:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         self.log_path = (log_dir or cwd) / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "entitwist.cli", "app", "--checkpoint", str(checkpoint)]
+        cmd = [sys.executable, "-m", "entitwist.cli", "app", "-m", str(checkpoint)]
         cmd += ["--port", str(self.port), "--device", "cpu", *(extra or [])]
         self.process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log, stderr=self._log)
         self.temp_dir: Path | None = None

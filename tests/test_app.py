@@ -328,7 +328,7 @@ def test_remote_hosts_need_allow_remote(host: str) -> None:
 def test_server_refuses_0000_without_allow_remote(
     model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = cli_main(["app", "--checkpoint", str(model_dir), "--host", "0.0.0.0"])
+    rc = cli_main(["app", "-m", str(model_dir), "--host", "0.0.0.0"])
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.count("\n") == 0
@@ -344,8 +344,8 @@ def test_missing_checkpoint_is_one_line_exit_2(
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.count("\n") == 0
-    assert "make demo" in err and "--checkpoint DIR" in err
-    rc = cli_main(["app", "--checkpoint", str(tmp_path / "nope")])
+    assert "make demo" in err and "-m DIR" in err
+    rc = cli_main(["app", "--model", str(tmp_path / "nope")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "does not exist" in err
 
@@ -360,6 +360,6 @@ def test_bad_options_are_one_line(model_dir: Path, capsys: pytest.CaptureFixture
             "argument --port: invalid int value: 'abc'; see 'entitwist app --help'",
         ),
     ]:
-        rc = cli_main(["app", "--checkpoint", str(model_dir), *argv])
+        rc = cli_main(["app", "-m", str(model_dir), *argv])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and words in err and err.count("\n") == 0

@@ -96,8 +96,8 @@ def test_fit_then_test_prints_table_and_writes_reports(scenes, tmp_path, capsys)
 
     # `entitwist evaluate` on the same checkpoint gives the same numbers as `entitwist test`
     evaluated = tmp_path / "eval"
-    rc = run(["evaluate", str(best[0]), "--root", str(scenes), "--split", "test", "--batch-size", "3"]
-             + ["--out", str(evaluated), "--per-sample", "--no-progress"])  # fmt: skip
+    rc = run(["evaluate", "-m", str(best[0]), "--root", str(scenes), "--split", "test"]
+             + ["--batch-size", "3", "--out", str(evaluated), "--per-sample", "-q"])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
     assert "test split" in printed and "protocol lavt" in printed

@@ -50,6 +50,8 @@ def world(tmp_path_factory):
         base / "baseline"
     )
     write_dataset(base / "data", 4, size=64, seed=1, expressions_per_scene=2, progress=False)
+    # the entity store the full model was built for (felzenszwalb, K=40)
+    assert cli(["entities", str(base / "data"), "-q"]) == 0
     image = sorted((base / "data" / "images").glob("*.png"))[0]
     return {
         "base": base,
@@ -244,7 +246,7 @@ def test_prx_command_scores_a_checkpoint(world, tmp_path, capsys):
         [
             "figures",
             "prx",
-            "--checkpoint",
+            "-m",
             str(world["full"]),
             "--root",
             str(world["data"]),
@@ -336,7 +338,7 @@ def test_stages_command_and_maps(world, tmp_path, capsys):
         [
             "figures",
             "stages",
-            "--checkpoint",
+            "-m",
             str(world["full"]),
             "--compare",
             str(world["baseline"]),
@@ -369,7 +371,7 @@ def test_pca_command_prints_the_plotted_distances(world, tmp_path, capsys):
         [
             "figures",
             "pca",
-            "--checkpoint",
+            "-m",
             str(world["full"]),
             "--image",
             str(world["image"]),
@@ -406,7 +408,7 @@ def test_overlays_command(world, tmp_path, capsys):
         [
             "figures",
             "overlays",
-            "--checkpoint",
+            "-m",
             str(world["full"]),
             "--root",
             str(world["data"]),
@@ -446,7 +448,7 @@ def test_overlays_command(world, tmp_path, capsys):
             [
                 "figures",
                 "overlays",
-                "--checkpoint",
+                "-m",
                 str(world["full"]),
                 "--root",
                 str(world["data"]),
@@ -469,7 +471,7 @@ def test_overlays_command(world, tmp_path, capsys):
             [
                 "figures",
                 "overlays",
-                "--checkpoint",
+                "-m",
                 str(world["full"]),
                 "--root",
                 str(world["data"]),
@@ -498,7 +500,7 @@ def test_bad_input_one_line_exit_2(world, tmp_path, capsys):
             [
                 "figures",
                 "stages",
-                "--checkpoint",
+                "-m",
                 str(tmp_path / "missing"),
                 "--image",
                 img,
@@ -513,7 +515,7 @@ def test_bad_input_one_line_exit_2(world, tmp_path, capsys):
             [
                 "figures",
                 "overlays",
-                "--checkpoint",
+                "-m",
                 str(tmp_path / "missing"),
                 "--root",
                 str(world["data"]),
@@ -549,7 +551,7 @@ def test_bad_input_one_line_exit_2(world, tmp_path, capsys):
             [
                 "figures",
                 "pca",
-                "--checkpoint",
+                "-m",
                 base,
                 "--image",
                 img,
@@ -564,7 +566,7 @@ def test_bad_input_one_line_exit_2(world, tmp_path, capsys):
             [
                 "figures",
                 "pca",
-                "--checkpoint",
+                "-m",
                 full,
                 "--image",
                 img,
@@ -581,7 +583,7 @@ def test_bad_input_one_line_exit_2(world, tmp_path, capsys):
             [
                 "figures",
                 "pca",
-                "--checkpoint",
+                "-m",
                 full,
                 "--image",
                 img,
@@ -596,7 +598,7 @@ def test_bad_input_one_line_exit_2(world, tmp_path, capsys):
             [
                 "figures",
                 "stages",
-                "--checkpoint",
+                "-m",
                 full,
                 "--image",
                 str(tmp_path / "no.png"),
@@ -611,7 +613,7 @@ def test_bad_input_one_line_exit_2(world, tmp_path, capsys):
             [
                 "figures",
                 "stages",
-                "--checkpoint",
+                "-m",
                 full,
                 "--image",
                 img,
@@ -626,7 +628,7 @@ def test_bad_input_one_line_exit_2(world, tmp_path, capsys):
             [
                 "figures",
                 "stages",
-                "--checkpoint",
+                "-m",
                 full,
                 "--image",
                 img,

@@ -19,10 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("entitwist.train.cli", "write predicted masks for a split"),
     "evaluate": (
         "entitwist.evaluation.evaluate",
-        "score a checkpoint on a dataset split (table, JSON, CSV)",
+        "score a model on a dataset split (table, JSON, CSV)",
     ),
     "figures": (
-        "entitwist.evaluation.figures",
+        "entitwist.evaluation.figures.cli",
         "overlays, Pr@X curve, K sweep, stage maps, DAT PCA",
     ),
     "demo": ("entitwist.demo.cli", "offline demo: synthetic scenes, entities, train, evaluate"),

@@ -40,6 +40,7 @@ from entitwist.app.inputs import TIFF_SUFFIXES as TIFF_SUFFIXES
 from entitwist.app.inputs import UPLOAD_SUFFIXES, PageLimits, Upload, parse_sentences, read_upload
 
 __all__ = [
+    "PAGE_CSS",
     "PageLimits",
     "PageOutput",
     "PageHandlers",
@@ -52,7 +53,7 @@ __all__ = [
     "read_upload",
 ]
 
-_CSS = """
+PAGE_CSS = """
 #status { min-height: 2.5em; }
 #status p { margin: 0.2em 0; }
 #overlay .grid-wrap, #mask .grid-wrap, #probability .grid-wrap { padding-top: 2.2em; }

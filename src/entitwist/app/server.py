@@ -1,9 +1,9 @@
 """``entitwist app``: serve the web page on this machine.
 
-    entitwist app [--checkpoint DIR] [--host 127.0.0.1] [--port N] [--max-upload-mb N]
+    entitwist app [-m DIR] [--host 127.0.0.1] [--port N] [--max-upload-mb N]
                   [--max-side N] [--device auto] [--allow-remote]
 
-- The model: ``--checkpoint DIR`` (a ``save_pretrained`` folder), else the one ``make demo``
+- The model: ``-m/--model DIR`` (a ``save_pretrained`` folder), else the one ``make demo``
   exports to ``demo_output/model/`` under the current directory; with neither it stops with
   one line saying how to get one (exit status 2).
 - Loopback only unless ``--allow-remote`` (a host such as ``0.0.0.0`` is refused without it);
@@ -27,18 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from entitwist.errors import CheckpointError, InputError
-from entitwist.utils.cli_parser import OneLineArgumentParser
+from entitwist.utils.cli_parser import OneLineArgumentParser, add_device_option, add_model_option
 
 __all__ = [
-    "DEFAULT_CHECKPOINT",
+    "DEFAULT_MODEL",
     "build_parser",
     "check_host",
     "main",
-    "resolve_checkpoint",
+    "resolve_model",
     "write_examples",
 ]
 
-DEFAULT_CHECKPOINT = Path("demo_output") / "model"
+DEFAULT_MODEL = Path("demo_output") / "model"
 DEFAULT_PORT = 7860
 
 
@@ -47,11 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="entitwist app",
         description="Start the local web page: upload an image, type sentences, get masks.",
     )
-    parser.add_argument(
-        "--checkpoint",
+    add_model_option(
+        parser,
+        required=False,
         default=None,
         metavar="DIR",
-        help=f"a save_pretrained model folder (default: ./{DEFAULT_CHECKPOINT}, from 'make demo')",
+        help=f"a save_pretrained model folder (default: ./{DEFAULT_MODEL}, from 'make demo')",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", metavar="ADDR", help="address to listen on (loopback)"
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-sentences", metavar="N", type=int, default=8, help="sentences per run (default 8)"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_device_option(parser)
     parser.add_argument(
         "--entity-generator",
         help="entity maps from this generator instead of the model's own (reported)",
@@ -125,16 +126,16 @@ def check_host(host: str, allow_remote: bool) -> None:
         )
 
 
-def resolve_checkpoint(checkpoint: str | None) -> Path:
-    """The model folder to serve: ``checkpoint``, else ``./demo_output/model`` if it exists."""
-    if checkpoint is not None:
-        return Path(os.path.expanduser(checkpoint))
-    if not (Path.cwd() / DEFAULT_CHECKPOINT / "config.json").is_file():
+def resolve_model(model: str | None) -> Path:
+    """The model folder to serve: ``model``, else ``./demo_output/model`` if it exists."""
+    if model is not None:
+        return Path(os.path.expanduser(model))
+    if not (Path.cwd() / DEFAULT_MODEL / "config.json").is_file():
         raise CheckpointError(
-            f"no model to serve: {DEFAULT_CHECKPOINT}/ does not exist here; run 'make demo' "
-            "(it trains one there) or pass --checkpoint DIR (a save_pretrained folder)"
+            f"no model to serve: {DEFAULT_MODEL}/ does not exist here; run 'make demo' "
+            "(it trains one there) or pass -m DIR (a save_pretrained folder)"
         )
-    return DEFAULT_CHECKPOINT
+    return DEFAULT_MODEL
 
 
 def write_examples(folder: str | os.PathLike, n: int = 3, size: int = 256) -> list[Path]:
@@ -199,7 +200,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_host(args.host, args.allow_remote)
     _check_options(args)
-    checkpoint = resolve_checkpoint(args.checkpoint)
+    checkpoint = resolve_model(args.model)
     from entitwist.inference.predictor import Predictor, resolve_device
 
     resolve_device(args.device)
@@ -214,7 +215,7 @@ def main(argv: list[str]) -> int:
         if predictor.entity_note:
             print(f"entitwist: warning: {predictor.entity_note}", file=sys.stderr)
 
-    from entitwist.app.page import PageLimits, build_app
+    from entitwist.app.page import PAGE_CSS, PageLimits, build_app
 
     limits = PageLimits(
         max_upload_mb=args.max_upload_mb,
@@ -263,7 +264,7 @@ def main(argv: list[str]) -> int:
                 enable_monitoring=False,
                 footer_links=[],
                 theme=theme,
-                css=_css(),
+                css=PAGE_CSS,
                 prevent_thread_lock=True,
             )
             print("entitwist app: press Ctrl-C to stop", flush=True)
@@ -282,12 +283,6 @@ def main(argv: list[str]) -> int:
             page.close()
     print("entitwist app: stopped; temporary files removed", flush=True)
     return 0
-
-
-def _css() -> str:
-    from entitwist.app.page import _CSS
-
-    return _CSS
 
 
 if __name__ == "__main__":  # pragma: no cover

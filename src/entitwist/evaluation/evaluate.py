@@ -2,8 +2,8 @@
 
 ::
 
-    entitwist evaluate runs/x/export --dataset rrsisd --root data/rrsisd --split test
-    entitwist evaluate runs/x/checkpoints/best.ckpt --dataset jsonl --root scenes --split val \\
+    entitwist evaluate -m runs/x/export --dataset rrsisd --root data/rrsisd --split test
+    entitwist evaluate -m runs/x/checkpoints/best.ckpt --dataset jsonl --root scenes --split val \\
         --protocol original --out results/
 
 The model is a ``save_pretrained`` folder (safetensors) or a Lightning ``.ckpt`` written by
@@ -25,6 +25,12 @@ from typing import Any
 import torch
 
 from entitwist.errors import CheckpointError, ConfigError
+from entitwist.utils.cli_parser import (
+    OneLineArgumentParser,
+    add_device_option,
+    add_model_option,
+    add_quiet_option,
+)
 
 __all__ = ["evaluate", "load_model", "main"]
 
@@ -60,7 +66,8 @@ def evaluate(
     """Score ``model`` on every expression of ``dataset`` (transformed samples).
 
     Returns ``({protocol: {metric: value}}, per_sample)`` where ``per_sample`` lists, per
-    expression, ``sample_id`` and the ``I``, ``U``, ``IoU`` of each protocol.
+    expression, ``sample_id`` and the ``I``, ``U``, ``IoU`` of each protocol. ``device``
+    ``None`` or ``"auto"``: cuda when available, else cpu.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -68,7 +75,9 @@ def evaluate(
     from entitwist.data import collate_referring
     from entitwist.metrics import ReferringMetrics, intersection_union, upsample_to_original
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     model = model.to(device).eval()
     metrics = {p: ReferringMetrics(protocol=p).to(device) for p in protocols}
     loader = DataLoader(
@@ -115,11 +124,12 @@ def _record(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="entitwist evaluate",
-        description="Score a save_pretrained folder or .ckpt on a dataset split (Pr@0.5..0.9, oIoU, mIoU).",
+        description="Score a model (save_pretrained folder or .ckpt) on a dataset split "
+        "(Pr@0.5..0.9, oIoU, mIoU).",
     )
-    p.add_argument("checkpoint", help="save_pretrained folder or .ckpt from `entitwist fit`")
+    add_model_option(p)
     p.add_argument(
         "--dataset", default="jsonl", help="refsegrs, rrsisd, risbench or jsonl (default jsonl)"
     )
@@ -132,19 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="comparison size (default both)",
     )
     p.add_argument("--entities", default="auto", help="'auto', a store tag or folder, or 'none'")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
     p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
+        "--num-workers", type=int, default=0, help="data loader worker processes (default 0)"
     )
+    add_device_option(p)
     p.add_argument("--amp", action="store_true", help="mixed precision on GPU")
-    p.add_argument(
-        "--out", default=None, help="output folder (default: eval/ beside the checkpoint)"
-    )
+    p.add_argument("--out", default=None, help="output folder (default: eval/ beside the model)")
     p.add_argument(
         "--per-sample", action="store_true", help="also write each expression's I, U, IoU"
     )
-    p.add_argument("--no-progress", action="store_true")
+    add_quiet_option(p)
     return p
 
 
@@ -157,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size} must be at least 1")
-    ckpt = Path(args.checkpoint)
+    ckpt = Path(args.model)
     if not ckpt.exists():
         raise CheckpointError(
             f"{str(ckpt)!r} does not exist; give a save_pretrained folder or a .ckpt file"
@@ -196,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         num_workers=args.num_workers,
         device=args.device,
         amp=args.amp,
-        progress=not args.no_progress,
+        progress=not args.quiet,
     )
     rows = make_rows(
         results, dataset=args.dataset, split=args.split, model=config.name, expressions=len(dataset)

@@ -66,6 +66,22 @@ def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
+def _signature_defaults(cls: type) -> dict[str, Any]:
+    """The keyword defaults of ``cls.__init__`` (the one place they are stated)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _with_defaults(given: Any, cls: type) -> dict[str, Any]:
+    """``given`` (a config mapping, maybe partial) over the defaults of ``cls.__init__``."""
+    merged = _signature_defaults(cls)
+    if hasattr(given, "items"):
+        merged.update(given.items())
+    return merged
+
+
 def check_config(cfg: Any, subcommand: str | None = None) -> None:
     """Fail with one line on a setting that cannot work, before anything is built.
 
@@ -80,7 +96,9 @@ def check_config(cfg: Any, subcommand: str | None = None) -> None:
     pretrained_dir = _get(cfg, "model.init_args.pretrained_dir") or _get(
         cfg, "model.pretrained_dir"
     )
-    model_args = _get(cfg, "model.init_args") or _get(cfg, "model") or {}
+    model_args = _with_defaults(
+        _get(cfg, "model.init_args") or _get(cfg, "model") or {}, EntiTwistModule
+    )
     if pretrained_dir:
         path = Path(os.path.expanduser(str(pretrained_dir)))
         if not (path / "config.json").is_file():
@@ -91,38 +109,30 @@ def check_config(cfg: Any, subcommand: str | None = None) -> None:
 
         model_config = ModelConfig.from_json(path / "config.json")
     else:
-        name = (
-            model_args.get("model_name", "entitwist_tiny")
-            if hasattr(model_args, "get")
-            else "entitwist_tiny"
-        )
-        overrides = (
-            dict(model_args.get("model_overrides") or {}) if hasattr(model_args, "get") else {}
-        )
-        pretrained = (
-            bool(model_args.get("pretrained", True)) if hasattr(model_args, "get") else True
-        )
+        name = model_args["model_name"]
+        overrides = dict(model_args["model_overrides"] or {})
         try:
-            model_config = get_config(name, pretrained=pretrained, **overrides)
+            model_config = get_config(name, pretrained=bool(model_args["pretrained"]), **overrides)
         except TypeError as exc:  # e.g. a list where a tuple of the wrong length is expected
             raise ConfigError(
                 f"model_overrides {overrides} do not fit the model config ({exc})"
             ) from None
-    lr = model_args.get("lr", 5e-4) if hasattr(model_args, "get") else 5e-4
-    if lr is not None and float(lr) <= 0:
+    lr = model_args["lr"]
+    if float(lr) <= 0:
         raise ConfigError(f"model.lr={lr} must be positive; the paper uses 5e-4")
 
-    data = _get(cfg, "data.init_args") or _get(cfg, "data") or {}
-    if hasattr(data, "get"):
+    given = _get(cfg, "data.init_args") or _get(cfg, "data") or {}
+    if hasattr(given, "get"):
+        data = _with_defaults(given, ReferringDataModule)
         check_data_args(
-            dataset=data.get("dataset", "jsonl"),
-            root=data.get("root", "data"),
+            dataset=data["dataset"],
+            root=data["root"],
             img_size=model_config.visual.img_size,
-            batch_size=data.get("batch_size", 8) if data.get("batch_size") is not None else 8,
+            batch_size=data["batch_size"],
             eval_batch_size=data.get("eval_batch_size"),
-            num_workers=data.get("num_workers", 0) or 0,
+            num_workers=data["num_workers"],
             max_entities=model_config.fusion.max_entities,
-            entities=data.get("entities", "auto"),
+            entities=data["entities"],
             need=EntitySpec.of(model_config),  # the entity store must match the model
         )
     ckpt_path = _get(cfg, "ckpt_path")
@@ -146,7 +156,16 @@ class EntiTwistCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # the module builds AdamW + poly
-        kwargs.setdefault("parser_kwargs", {"prog": "entitwist"})
+        # a bad option raises (one line from main) instead of printing the usage and exiting
+        no_exit = {"exit_on_error": False}
+        kwargs.setdefault(
+            "parser_kwargs",
+            {
+                "prog": "entitwist",
+                **no_exit,
+                **{name: dict(no_exit) for name in self.subcommands()},
+            },
+        )
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -278,8 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     # From the console script, let LightningCLI read sys.argv itself: Lightning's DDP launcher
     # re-runs sys.argv for the other ranks. From Python (tests, tools), parse `argv`.
     args = None if argv == sys.argv[1:] else argv
+    from jsonargparse import ArgumentError
+
+    from entitwist.utils.cli_parser import one_line
+
     try:
         EntiTwistCLI(args=args)
+    except ArgumentError as exc:  # a bad option or value: one line, like the other commands
+        command = f"entitwist {argv[0]}" if argv and not argv[0].startswith("-") else "entitwist"
+        print(f"entitwist: error: {one_line(str(exc))}; see '{command} --help'", file=sys.stderr)
+        return 2
     except EntitwistError as exc:
         print(f"entitwist: error: {exc}", file=sys.stderr)
         return 2

@@ -2,14 +2,14 @@
 
 ::
 
-    entitwist figures overlays --checkpoint runs/x/export --dataset jsonl --root scenes \\
+    entitwist figures overlays -m runs/x/export --dataset jsonl --root scenes \\
         --split test --n 8 -o figs/overlays
     entitwist figures prx --results runs/a/eval/evaluate_jsonl_test.json b.json -o prx.png
-    entitwist figures prx --checkpoint runs/x/export --dataset jsonl --root scenes -o prx.png
+    entitwist figures prx -m runs/x/export --dataset jsonl --root scenes -o prx.png
     entitwist figures ksweep --results runs/ -o ksweep.png          # Fig. 6
-    entitwist figures stages --checkpoint full/ --compare baseline/ seg/ \\
+    entitwist figures stages -m full/ --compare baseline/ seg/ \\
         --image scene.png --sentence "the red car" -o stages.png   # Fig. 5
-    entitwist figures pca --checkpoint full/ --image scene.png --sentence "..." -o pca.png  # Fig. 8
+    entitwist figures pca -m full/ --image scene.png --sentence "..." -o pca.png  # Fig. 8
 
 What each figure shows, and where its numbers come from:
 
@@ -20,7 +20,7 @@ What each figure shows, and where its numbers come from:
 - **prx**: Pr@X, the share of expressions with IoU >= X, for X in 0.50..0.90 in steps of
   ``--step``, from per-expression IoUs: the ``<stem>_per_sample.csv`` that ``entitwist
   evaluate --per-sample`` writes beside its JSON (found automatically), a per-sample CSV
-  given directly, or computed here with ``--checkpoint``. A JSON without them (``entitwist
+  given directly, or computed here with ``-m/--model``. A JSON without them (``entitwist
   test``) gives its five Pr@ columns, drawn with markers.
 - **ksweep**: mIoU (``--metric``) against K, one line per dataset. K is read from the JSON
   (``max_entities``), the checkpoint folder's ``config.json``, or a ``k<N>`` in the path
@@ -36,7 +36,7 @@ What each figure shows, and where its numbers come from:
   textual red. The centroid distance of the clouds (in the full d channels, on every
   position) is printed raw and relative to the joint cloud's RMS radius.
 
-Where the code lives (every name below is importable from here, as before):
+Where the code lives (the names in ``__all__`` are importable from here):
 
 - :mod:`~entitwist.evaluation.figures.results`: reading results JSONs and per-sample CSVs;
 - :mod:`~entitwist.evaluation.figures.prx`: the Pr@X numbers;
@@ -51,17 +51,11 @@ The drawing itself is in :mod:`entitwist.evaluation.plots`.
 
 from __future__ import annotations
 
-from entitwist.evaluation.figures.cli import build_parser as build_parser
-from entitwist.evaluation.figures.cli import main
 from entitwist.evaluation.figures.features import dat_pca, feature_map, pca, separation, stage_maps
 from entitwist.evaluation.figures.ksweep import ksweep_points
 from entitwist.evaluation.figures.model import describe_model, run_single
 from entitwist.evaluation.figures.overlays import overlay_items, write_overlays
-from entitwist.evaluation.figures.prx import pr_curve
-from entitwist.evaluation.figures.prx import prx_curve_of as prx_curve_of
-from entitwist.evaluation.figures.prx import thresholds as thresholds
-from entitwist.evaluation.figures.results import METRIC_KEYS as METRIC_KEYS
-from entitwist.evaluation.figures.results import PR_COLUMNS as PR_COLUMNS
+from entitwist.evaluation.figures.prx import pr_curve, prx_curve_of, thresholds
 from entitwist.evaluation.figures.results import find_result_files, read_results
 
 __all__ = [
@@ -70,13 +64,14 @@ __all__ = [
     "feature_map",
     "find_result_files",
     "ksweep_points",
-    "main",
     "overlay_items",
     "pca",
     "pr_curve",
+    "prx_curve_of",
     "read_results",
     "run_single",
     "separation",
     "stage_maps",
+    "thresholds",
     "write_overlays",
 ]

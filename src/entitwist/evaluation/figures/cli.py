@@ -15,12 +15,19 @@ from typing import Any
 import numpy as np
 
 from entitwist.errors import ConfigError, InputError
+from entitwist.evaluation.evaluate import load_model
 from entitwist.evaluation.figures.features import dat_pca, stage_maps
 from entitwist.evaluation.figures.ksweep import ksweep_points
-from entitwist.evaluation.figures.model import _load_model, describe_model, run_single
+from entitwist.evaluation.figures.model import describe_model, run_single
 from entitwist.evaluation.figures.overlays import write_overlays
 from entitwist.evaluation.figures.prx import prx_curve_of, thresholds
 from entitwist.evaluation.figures.results import METRIC_KEYS, read_results
+from entitwist.utils.cli_parser import (
+    OneLineArgumentParser,
+    add_device_option,
+    add_model_option,
+    add_quiet_option,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -45,14 +52,13 @@ def _add_model_input_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="entitwist figures",
-        description="Figures of the paper: overlays, Pr@X curve, K sweep (Fig. 6), stage maps (Fig. 5), DAT PCA (Fig. 8).",
+        description="Figures of the paper: overlays, Pr@X curve, K sweep (Fig. 6), stage maps "
+        "(Fig. 5), DAT PCA (Fig. 8).",
     )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
-    )
+    common = OneLineArgumentParser(add_help=False)
+    add_device_option(common)
     sub = parser.add_subparsers(
         dest="kind", required=True, metavar="{overlays,prx,ksweep,stages,pca}"
     )
@@ -60,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "overlays", parents=[common], help="image, sentence, ground truth and prediction per sample"
     )
-    p.add_argument("--checkpoint", required=True, help="save_pretrained folder or .ckpt")
+    add_model_option(p)
     _add_data_args(p, required=True)
     p.add_argument(
         "--ids", default=None, help="comma-separated sample ids (default: the first --n)"
@@ -70,12 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prx", parents=[common], help="Pr@X against the IoU threshold X")
     p.add_argument("--results", nargs="+", default=None, help="results JSONs or per-sample CSVs")
-    p.add_argument("--checkpoint", nargs="+", default=None, help="score these models here instead")
+    add_model_option(
+        p,
+        nargs="+",
+        required=False,
+        default=None,
+        help="score these models (save_pretrained folders or .ckpt files) here instead",
+    )
     _add_data_args(p, required=False)
     p.add_argument("--labels", nargs="+", default=None, help="legend labels, one per curve")
     p.add_argument("--protocol", choices=("lavt", "original"), default="lavt")
     p.add_argument("--step", type=float, default=0.01, help="threshold step (default 0.01)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+    add_quiet_option(p)
     p.add_argument("-o", "--out", required=True, help="output picture (.png, .pdf, .svg)")
 
     p = sub.add_parser(
@@ -95,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="language-referred feature maps of the four stages (Fig. 5)",
     )
-    p.add_argument("--checkpoint", required=True)
+    add_model_option(p)
     p.add_argument("--compare", nargs="+", default=[], help="further models, one row each")
     _add_model_input_args(p)
     p.add_argument(
@@ -114,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="3D PCA of visual and textual features before/after DAT (Fig. 8)",
     )
-    p.add_argument("--checkpoint", required=True)
+    add_model_option(p)
     _add_model_input_args(p)
     p.add_argument("--stage", type=int, default=4, help="stage 1..4 (default 4)")
     p.add_argument("--points", type=int, default=2000, help="at most this many positions per cloud")
@@ -175,7 +188,7 @@ def _cmd_overlays(args: argparse.Namespace) -> int:
         raise ConfigError(f"-o {str(out)!r} must be a folder for the overlays (one PNG per sample)")
     if args.ids is None and args.n < 1:
         raise ConfigError(f"--n {args.n} must be at least 1")
-    model = _load_model(args.checkpoint)
+    model = load_model(args.model)
     ds = _dataset(args, model)
     ids = [r.sample_id for r in ds.records]
     if args.ids is not None:
@@ -201,23 +214,19 @@ def _cmd_prx(args: argparse.Namespace) -> int:
     from entitwist.evaluation.plots import check_output, plot_prx
 
     check_output(args.out)
-    if not args.results and not args.checkpoint:
-        raise ConfigError(
-            "give --results JSON... or --checkpoint DIR with --root (to score it here)"
-        )
+    if not args.results and not args.model:
+        raise ConfigError("give --results JSON... or -m MODEL with --root (to score it here)")
     if not 0 < args.step <= 0.4:
         raise ConfigError(f"--step {args.step} must be in (0, 0.4], e.g. 0.01")
     xs = thresholds(0.5, 0.9, args.step)
     results = [read_results(p, args.protocol) for p in args.results or []]
-    for ckpt in args.checkpoint or []:
+    for ckpt in args.model or []:
         if not args.root:
-            raise ConfigError(
-                "--checkpoint needs --root (and --dataset, --split) to score the model"
-            )
+            raise ConfigError("-m/--model needs --root (and --dataset, --split) to score the model")
         from entitwist.data import ReferringTransform
         from entitwist.evaluation.evaluate import evaluate
 
-        model = _load_model(ckpt)
+        model = load_model(ckpt)
         raw = _dataset(args, model)
         raw.transform = ReferringTransform(model.config.visual.img_size, model.tokenizer)
         scores, per_sample = evaluate(
@@ -226,7 +235,7 @@ def _cmd_prx(args: argparse.Namespace) -> int:
             protocols=(args.protocol,),
             batch_size=max(1, args.batch_size),
             device=args.device,
-            progress=True,
+            progress=not args.quiet,
         )
         ious = np.asarray([r[f"{args.protocol}_IoU"] for r in per_sample])
         label = f"{Path(ckpt).name} {args.dataset} {args.split}"
@@ -270,7 +279,7 @@ def _cmd_stages(args: argparse.Namespace) -> int:
     check_output(args.out)
     if not 0 <= args.blend <= 1:
         raise ConfigError(f"--blend {args.blend} must be between 0 and 1")
-    models = [(p, _load_model(p)) for p in [args.checkpoint, *args.compare]]
+    models = [(p, load_model(p)) for p in [args.model, *args.compare]]
     image = read_image(args.image)
     entities = _entities_arg(args.entities)
     rows = []
@@ -299,10 +308,10 @@ def _cmd_pca(args: argparse.Namespace) -> int:
     check_output(args.out)
     if args.points < 3:
         raise ConfigError(f"--points {args.points} must be at least 3")
-    model = _load_model(args.checkpoint)
+    model = load_model(args.model)
     if model.config.fusion.dat == "none":
         raise ConfigError(
-            f"model {args.checkpoint!r} has DAT off (fusion.dat='none'): no F^cube / F^sem to "
+            f"model {args.model!r} has DAT off (fusion.dat='none'): no F^cube / F^sem to "
             "project; give a model with DAT"
         )
     n_stages = len(model.fusions)

@@ -15,11 +15,11 @@ from typing import Any
 from entitwist.errors import ConfigError, InputError
 from entitwist.evaluation.figures.results import (
     METRIC_KEYS,
-    _load_json,
-    _metric_rows,
-    _pick_row,
-    _quiet_json,
     find_result_files,
+    load_json,
+    metric_rows,
+    pick_row,
+    read_json_or_none,
 )
 
 __all__ = ["ksweep_points"]
@@ -36,7 +36,7 @@ def _k_of(path: Path, data: dict[str, Any], row: dict[str, Any]) -> int | None:
     if isinstance(ckpt, str) and ckpt:
         cfg = Path(ckpt) / "config.json"
         if cfg.is_file():
-            k = (_quiet_json(cfg) or {}).get("fusion", {}).get("max_entities")
+            k = (read_json_or_none(cfg) or {}).get("fusion", {}).get("max_entities")
             if isinstance(k, int):
                 return k
     # a k<N> in the file name or its three nearest folders (nearest first), then the checkpoint's
@@ -70,14 +70,14 @@ def ksweep_points(
         )
     series: dict[str, dict[int, tuple[float, Path]]] = {}
     for i, path in enumerate(files):
-        data = _load_json(path)
-        rows = _metric_rows(data)
+        data = load_json(path)
+        rows = metric_rows(data)
         if split is not None:
             kept = [r for r in rows if r.get("split", split) == split]
             if rows and not kept:
                 continue
             rows = kept
-        row = _pick_row(rows, protocol, path)
+        row = pick_row(rows, protocol, path)
         if row.get(metric) is None:
             raise InputError(
                 f"{str(path)!r} has no {metric!r}; choose --metric from {', '.join(METRIC_KEYS)}"

@@ -1,28 +1,18 @@
-"""Loading a model for ``entitwist figures`` and running it on one image with intermediates."""
+"""Running a model of ``entitwist figures`` on one image with intermediates.
+
+Models are loaded by :func:`entitwist.evaluation.evaluate.load_model`.
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from entitwist.errors import CheckpointError, InputError
+from entitwist.errors import InputError
 
 __all__ = ["describe_model", "run_single"]
-
-
-def _load_model(path: str | os.PathLike) -> Any:
-    from entitwist.evaluation.evaluate import load_model
-
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(
-            f"checkpoint {str(p)!r} does not exist; give a save_pretrained folder or a .ckpt file"
-        )
-    return load_model(p)
 
 
 def describe_model(model: Any) -> str:

@@ -18,13 +18,23 @@ import numpy as np
 
 from entitwist.errors import InputError
 
-__all__ = ["METRIC_KEYS", "PR_COLUMNS", "find_result_files", "read_results"]
+__all__ = [
+    "METRIC_KEYS",
+    "PR_COLUMNS",
+    "find_result_files",
+    "load_json",
+    "metric_rows",
+    "pick_row",
+    "read_json_or_none",
+    "read_results",
+]
 
 PR_COLUMNS = ("Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9")
 METRIC_KEYS = (*PR_COLUMNS, "oIoU", "mIoU")
 
 
-def _load_json(path: Path) -> Any:
+def load_json(path: Path) -> Any:
+    """The JSON of a results file; :class:`InputError` when it is missing or not JSON."""
     if not path.is_file():
         raise InputError(
             f"results file {str(path)!r} does not exist; give the JSON written by "
@@ -38,14 +48,16 @@ def _load_json(path: Path) -> Any:
         ) from None
 
 
-def _metric_rows(data: Any) -> list[dict[str, Any]]:
+def metric_rows(data: Any) -> list[dict[str, Any]]:
+    """The ``results`` rows of a results JSON that hold at least one metric."""
     rows = data.get("results") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         return []
     return [r for r in rows if isinstance(r, dict) and any(k in r for k in METRIC_KEYS)]
 
 
-def _pick_row(rows: list[dict[str, Any]], protocol: str, path: Path) -> dict[str, Any]:
+def pick_row(rows: list[dict[str, Any]], protocol: str, path: Path) -> dict[str, Any]:
+    """The first row of ``protocol``; :class:`InputError` naming ``path`` when there is none."""
     if not rows:
         raise InputError(
             f"{str(path)!r} holds no metrics (no 'results' rows with Pr@0.5..mIoU); give the "
@@ -95,8 +107,8 @@ def read_results(path: str | os.PathLike, protocol: str = "lavt") -> dict[str, A
             "label": path.stem,
             "source": str(path),
         }
-    data = _load_json(path)
-    row = _pick_row(_metric_rows(data), protocol, path)
+    data = load_json(path)
+    row = pick_row(metric_rows(data), protocol, path)
     ious, source = None, None
     per = data.get("per_sample") if isinstance(data, dict) else None
     if isinstance(per, list) and per and f"{protocol}_IoU" in per[0]:
@@ -118,7 +130,7 @@ def find_result_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
                 f
                 for f in sorted(p.rglob("*.json"))
                 if not any(part.startswith(".") for part in f.relative_to(p).parts)
-                and _metric_rows(_quiet_json(f))
+                and metric_rows(read_json_or_none(f))
             ]
             if not found:
                 raise InputError(
@@ -130,7 +142,8 @@ def find_result_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def _quiet_json(path: Path) -> Any:
+def read_json_or_none(path: Path) -> Any:
+    """The JSON in ``path``, or ``None`` when it is missing or unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
