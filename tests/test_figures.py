@@ -321,8 +321,8 @@ def test_ksweep_reads_miou_and_sizes(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ model figures
 def test_stages_command_and_maps(world, tmp_path, capsys):
-    from entitwist.imaging import read_image
     from entitwist.evaluation.evaluate import load_model
+    from entitwist.imaging import read_image
 
     model = load_model(world["full"])
     small, out = run_single(model, read_image(world["image"]), SENTENCE, "auto", "cpu")
@@ -363,8 +363,8 @@ def test_stages_command_and_maps(world, tmp_path, capsys):
 
 
 def test_pca_command_prints_the_plotted_distances(world, tmp_path, capsys):
-    from entitwist.imaging import read_image
     from entitwist.evaluation.evaluate import load_model
+    from entitwist.imaging import read_image
 
     png = tmp_path / "pca.png"
     rc = cli(

@@ -273,8 +273,8 @@ def _cmd_ksweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_stages(args: argparse.Namespace) -> int:
-    from entitwist.imaging import read_image
     from entitwist.evaluation.plots import check_output, plot_stages
+    from entitwist.imaging import read_image
 
     check_output(args.out)
     if not 0 <= args.blend <= 1:
@@ -302,8 +302,8 @@ def _cmd_stages(args: argparse.Namespace) -> int:
 
 
 def _cmd_pca(args: argparse.Namespace) -> int:
-    from entitwist.imaging import read_image
     from entitwist.evaluation.plots import check_output, plot_pca
+    from entitwist.imaging import read_image
 
     check_output(args.out)
     if args.points < 3:
