@@ -70,6 +70,9 @@ class BatchSettings:
         kinds: output kinds (:data:`~entitwist.inference.outputs.KINDS`).
         overwrite: redo images whose outputs exist.
         batch_size: images per forward pass of the whole-scene views.
+        threads: torch's intra-op threads per process (None: torch's default here,
+            cores / processes under Lightning). Floating-point sums depend on the thread
+            count, so outputs are bit-identical across process counts at equal ``threads``.
     """
 
     out_dir: Path
@@ -77,6 +80,7 @@ class BatchSettings:
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     overwrite: bool = False
     batch_size: int = 4
+    threads: int | None = None
 
 
 def is_batch_input(spec: str | os.PathLike) -> bool:
@@ -199,7 +203,8 @@ def run_chunk(items: list[BatchItem], predictor: Any, settings: BatchSettings) -
     """Segment a chunk: finished images are skipped, the whole-scene views of the others go
     through one forward pass, then each is refined and written. Returns one status dict
     per item (``status``: ``done``, ``skipped`` or ``failed`` with ``error``)."""
-    from entitwist.inference.raster import RasterSource, gdal_env, parse_stretch
+    from entitwist.imaging import parse_stretch
+    from entitwist.inference.raster import RasterSource, gdal_env
     from entitwist.inference.tiling import TilingOptions, scene_view
 
     opts = settings.options
@@ -267,13 +272,20 @@ def run_items(
     items: list[BatchItem], predictor: Any, settings: BatchSettings, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Every chunk in this process, with a progress bar."""
+    import torch
     from tqdm.auto import tqdm
 
     statuses: list[dict[str, Any]] = []
-    with tqdm(total=len(items), desc="segmenting", unit="image", disable=not progress) as bar:
-        for chunk in chunks(items, settings.batch_size):
-            statuses += run_chunk(chunk, predictor, settings)
-            bar.update(len(chunk))
+    threads = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        with tqdm(total=len(items), desc="segmenting", unit="image", disable=not progress) as bar:
+            for chunk in chunks(items, settings.batch_size):
+                statuses += run_chunk(chunk, predictor, settings)
+                bar.update(len(chunk))
+    finally:
+        torch.set_num_threads(threads)
     return statuses
 
 

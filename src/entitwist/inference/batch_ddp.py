@@ -61,6 +61,8 @@ class BatchPredictModule(lightning.LightningModule):
 
     def on_predict_start(self) -> None:
         self.predictor.device = self.device
+        if self.settings.threads:  # else Lightning's share of the cores
+            torch.set_num_threads(self.settings.threads)
         self.statuses = []
 
     def predict_step(self, batch: list[BatchItem], batch_idx: int) -> None:

@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes (CPU) or GPUs on Lightning's predict loop; outputs are the same for any",
     )
     g.add_argument("--num-nodes", type=int, default=1, help="machines of a multi-machine run")
+    g.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads per process (default: the cores shared among the processes); "
+        "outputs are bit-identical for any --devices at equal --threads",
+    )
     return p
 
 
@@ -279,6 +285,8 @@ def _many(args: argparse.Namespace) -> int:
         )
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads} must be at least 1")
     out_dir = Path(args.output[0])
     if out_dir.suffix.lower() in {".png", ".tif", ".tiff", ".geojson", ".json", ".gpkg"}:
         what = "a directory" if Path(args.image).is_dir() else "a list or glob"
@@ -307,6 +315,7 @@ def _many(args: argparse.Namespace) -> int:
         kinds=kinds,
         overwrite=args.overwrite,
         batch_size=args.batch_size,
+        threads=args.threads,
     )
     with _reported_warnings():
         statuses = segment_batch(

@@ -67,7 +67,7 @@ class SegmentOptions:
 
     def validate(self) -> None:
         """Raise :class:`InputError` for an option out of range."""
-        from entitwist.inference.raster import parse_stretch
+        from entitwist.imaging import parse_stretch
         from entitwist.inference.tiling import TilingOptions
 
         if self.simplify < 0 or not math.isfinite(self.simplify):
@@ -199,7 +199,8 @@ def segment_to_files(
     All outputs are written to temporary files and renamed together at the end; on any
     error nothing is left behind. Returns a summary dict (shape, CRS, mask pixels, tiles).
     """
-    from entitwist.inference.raster import RasterSource, gdal_env, parse_stretch
+    from entitwist.imaging import parse_stretch
+    from entitwist.inference.raster import RasterSource, gdal_env
 
     opts = options or SegmentOptions()
     opts.validate()
