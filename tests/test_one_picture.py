@@ -213,3 +213,30 @@ def test_imaging_options_travel_with_the_model(world, tmp_path):
     predictor.prepare = lambda image: (seen.append(image), original(image))[1]
     predictor.predict(world["tif"], SENTENCE, entities=None)
     np.testing.assert_array_equal(seen[0], want)
+
+
+def test_training_reads_with_the_model_imaging(world):
+    """The datamodule links the model's config.imaging into every dataset it builds."""
+    from types import SimpleNamespace
+
+    from entitwist.imaging import prepare_image
+    from entitwist.models.enti_twistnet import EntiTwistNet
+    from entitwist.train.datamodule import ReferringDataModule
+
+    model = EntiTwistNet.from_pretrained(world["model_dir"])
+    model.config = model.config.replace(imaging__bands=[4, 3, 2])
+    dm = ReferringDataModule.for_module(
+        SimpleNamespace(model=model),
+        dataset="jsonl",
+        root=str(world["root"]),
+        train_split=None,
+        val_split=None,
+        test_split="test",
+    )
+    dm.setup("test")
+    ds = dm.datasets["test"]
+    assert ds.read_options == {"bands": "4,3,2", "stretch": None}
+    s = model.config.visual.img_size
+    want = prepare_image(read_image(world["tif"], bands="4,3,2"), (s, s))
+    assert torch.equal(ds[0]["image"], want)
+    assert not torch.equal(want, prepare_image(read_image(world["tif"]), (s, s)))

@@ -44,9 +44,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from entitwist.imaging import read_image, read_mask, resize_nearest
 from entitwist.entities.resolve import resolve_store
 from entitwist.errors import DataError
+from entitwist.imaging import read_image, read_mask, resize_nearest
 
 __all__ = [
     "DataWarning",
@@ -221,6 +221,8 @@ class ReferringDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.repairs: Counter[str] = Counter()
+        # entitwist.imaging.read_image options (bands, stretch, nodata): the model's imaging
+        self.read_options: dict[str, Any] = {}
         self._warned: set[str] = set()
 
         groups: dict[str, list[int]] = {}
@@ -291,7 +293,7 @@ class ReferringDataset(Dataset):
 
     def load_record(self, rec: Record) -> dict[str, Any]:
         """Read one record into the raw sample dict (no transform)."""
-        image = read_image(rec.image_path)  # (H, W, 3) uint8
+        image = read_image(rec.image_path, **self.read_options)  # (H, W, 3) uint8
         h, w = image.shape[:2]
         mask = rec.mask()  # (h', w') uint8 0/1
         if mask.shape != (h, w):

@@ -183,7 +183,13 @@ class EntiTwistCLI(LightningCLI):
         # The data pipeline uses the model's own tokenizer, input size and entity priors.
         parser.link_arguments("model.tokenizer", "data.tokenizer", apply_on="instantiate")
         parser.link_arguments("model.img_size", "data.img_size", apply_on="instantiate")
-        for name in ("max_entities", "entity_generator", "entity_params", "needs_entities"):
+        for name in (
+            "max_entities",
+            "entity_generator",
+            "entity_params",
+            "needs_entities",
+            "read_options",
+        ):
             parser.link_arguments(f"model.{name}", f"data.{name}", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

@@ -116,6 +116,8 @@ class ReferringDataModule(LightningDataModule):
             ``fusion.entity_generator`` / ``fusion.entity_params``; ``None``: any).
         needs_entities: whether the model reads entity maps at all (SEG or the entity
             head; linked from the model). False: no store is looked for or read.
+        read_options: how image files are read (bands, stretch; linked from the model's
+            ``config.imaging``, see :func:`entitwist.imaging.read_image`).
         seed: seeds the shuffling and the one-expression-per-ref draw.
         tokenizer: the model's tokenizer (``module.model.tokenizer``; linked by the CLI).
         dataset_options: extra keyword options of the dataset loader (e.g. ``mask_threshold``).
@@ -139,6 +141,7 @@ class ReferringDataModule(LightningDataModule):
         entity_generator: str | None = None,
         entity_params: dict[str, Any] | None = None,
         needs_entities: bool = True,
+        read_options: dict[str, Any] | None = None,
         seed: int = 0,
         tokenizer: Any = None,
         dataset_options: dict[str, Any] | None = None,
@@ -166,6 +169,7 @@ class ReferringDataModule(LightningDataModule):
         self.entity_generator = entity_generator
         self.entity_params = dict(entity_params or {})
         self.needs_entities = bool(needs_entities)
+        self.read_options = dict(read_options or {})
         self._entity_store: tuple[Path | None] | None = None  # resolved once
         self.seed = int(seed)
         self.tokenizer = tokenizer
@@ -183,6 +187,7 @@ class ReferringDataModule(LightningDataModule):
         kwargs.setdefault("entity_generator", config.fusion.entity_generator)
         kwargs.setdefault("entity_params", dict(config.fusion.entity_params or {}))
         kwargs.setdefault("needs_entities", spec is not None)
+        kwargs.setdefault("read_options", config.imaging.read_options())
         return cls(tokenizer=module.model.tokenizer, **kwargs)
 
     # ------------------------------------------------------------------ entity store
@@ -214,7 +219,7 @@ class ReferringDataModule(LightningDataModule):
             )
         store = self.entity_store()
         entities = None if store is None else str(store)
-        return load_dataset(
+        dataset = load_dataset(
             self.dataset_name,
             self.root,
             split,
@@ -225,6 +230,8 @@ class ReferringDataModule(LightningDataModule):
             seed=self.seed,
             **self.dataset_options,
         )
+        dataset.read_options = dict(self.read_options)  # the model's bands and stretch
+        return dataset
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {

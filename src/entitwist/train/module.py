@@ -215,6 +215,12 @@ class EntiTwistModule(LightningModule):
         return dict(self.model.config.fusion.entity_params or {})
 
     @property
+    def read_options(self) -> dict[str, Any]:
+        """How image files are read (``model.config.imaging``: bands, stretch), so training
+        reads imagery as inference will (:func:`entitwist.imaging.read_image`)."""
+        return self.model.config.imaging.read_options()
+
+    @property
     def needs_entities(self) -> bool:
         """Whether the model reads entity maps (SEG or the entity head)."""
         from entitwist.entities.resolve import EntitySpec
