@@ -18,6 +18,7 @@ from entitwist.models.dat import (
     SemanticPropagation,
     SpatialCrossAttention,
 )
+from test_mamba import bimamba_reference, double_params, randomise
 
 D = 16
 
@@ -132,6 +133,68 @@ def test_semantic_propagation(mode: str) -> None:
     cube2 = cube.clone()
     cube2[:, D:] += torch.randn_like(cube2[:, D:])  # (a constant shift would be normalised away)
     assert not torch.allclose(sp(cube2)[:, :D], sem[:, :D])
+
+
+def bilinear_matrix(out: int, size: int) -> torch.Tensor:
+    """(out, size) weights of 1-D bilinear resampling with half-pixel centres, no antialias:
+    output i reads the input at (i + 0.5) * size / out - 0.5, clamped at the edges."""
+    m = torch.zeros(out, size, dtype=torch.float64)
+    for i in range(out):
+        src = max((i + 0.5) * size / out - 0.5, 0.0)
+        lo = min(int(math.floor(src)), size - 1)
+        hi = min(lo + 1, size - 1)
+        frac = src - lo
+        m[i, lo] += 1 - frac
+        m[i, hi] += frac
+    return m
+
+
+def semantic_propagation_reference(sp: SemanticPropagation, cube: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 step by step in float64, sharing only SP's weights: bilinear Down to s x s (as
+    matrices), each of the 2d channels one token of s*s features, LayerNorm over the features,
+    the reference bidirectional Mamba along the channels, bilinear Up, residual."""
+    b, c, h, w = cube.shape
+    s = sp.scan_size
+    x = cube.double()
+    down = bilinear_matrix(s, h) @ x @ bilinear_matrix(s, w).T  # (B, 2d, s, s)
+    tokens = down.reshape(b, c, s * s)  # channel k is token k, features row-major
+    mean = tokens.mean(-1, keepdim=True)
+    var = ((tokens - mean) ** 2).mean(-1, keepdim=True)
+    normed = (tokens - mean) / torch.sqrt(var + sp.norm.eps)
+    normed = normed * sp.norm.weight.double() + sp.norm.bias.double()
+    mixed = bimamba_reference(double_params(sp.mixer), normed)  # (B, 2d, s*s)
+    up = bilinear_matrix(h, s) @ mixed.reshape(b, c, s, s) @ bilinear_matrix(w, s).T
+    return x + up
+
+
+def test_bilinear_matrix_is_torch_bilinear() -> None:
+    """The reference's resampling agrees with torch on a case worked by hand: 2 -> 4 samples
+    at -0.25 (clamped to 0), 0.25, 0.75, 1.25 (clamped to 1)."""
+    torch.testing.assert_close(
+        bilinear_matrix(4, 2) @ torch.tensor([0.0, 8.0], dtype=torch.float64),
+        torch.tensor([0.0, 2.0, 6.0, 8.0], dtype=torch.float64),
+    )
+    torch.testing.assert_close(  # 6 -> 3: centres at 0.5, 2.5, 4.5, halfway between pairs
+        bilinear_matrix(3, 6) @ torch.arange(6.0, dtype=torch.float64),
+        torch.tensor([0.5, 2.5, 4.5], dtype=torch.float64),
+    )
+
+
+@pytest.mark.parametrize("shape", [(10, 6), (3, 5), (4, 4)])
+def test_semantic_propagation_matches_eq7_reference(shape: tuple[int, int]) -> None:
+    torch.manual_seed(7)
+    sp = SemanticPropagation(scan_size=4, d_state=4, mode="mamba")
+    randomise(sp, 3)  # LayerNorm affine and the Mamba weights off their init
+    cube = torch.randn(2, 2 * D, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sp(cube).double(), semantic_propagation_reference(sp, cube), rtol=1e-4, atol=1e-5
+        )
+    # the channel order is the scan order: reversing the channels changes the result
+    # beyond reversing it (the two directions have their own weights)
+    with torch.no_grad():
+        flipped = sp(cube.flip(1)).flip(1)
+    assert (flipped - sp(cube).detach()).abs().max() > 1e-3
 
 
 def test_semantic_propagation_area_resize_reads_every_position() -> None:
