@@ -7,7 +7,11 @@ typed sentence gives a mask whose pixels equal ``Predictor.predict`` on the same
 (both the downloaded mask PNG and the mask shown); bad uploads and an empty sentence show
 one error line; stopping the server removes its temporary folder.
 
-Without Chromium these tests FAIL, saying to run ``scripts/install_chromium.sh``. Set
+A second server, started with ``--allow-remote`` and ``ENTITWIST_APP_AUTH``, shows Gradio's
+login page: a wrong password is refused, the right one opens the page.
+
+Without Chromium or Playwright these tests are skipped with one line, unless
+``ENTITWIST_REQUIRE_BROWSER=1`` (CI), which makes them fail saying what to install. Set
 ``ENTITWIST_UPDATE_SCREENSHOT=1`` to refresh ``docs/images/app_screenshot.png`` from the run.
 """
 
@@ -219,3 +223,65 @@ def test_stopping_the_server_removes_its_temporary_folder(server: AppServer) -> 
     # nothing was written in the folder it ran from (no .gradio/, no outputs) but our log
     assert sorted(p.name for p in server.cwd.iterdir()) == ["server.log"]
     assert "temporary files removed" in server.log()
+
+
+LOGIN = ("alice", "correct-horse-battery")
+
+
+@pytest.fixture(scope="module")
+def shared_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """The page as shared with --allow-remote (on loopback all the same): it asks a login."""
+    chromium_path()
+    app = AppServer(
+        model_dir,
+        tmp_path_factory.mktemp("shared_cwd"),
+        ["--examples", "1", "--allow-remote"],
+        env={"ENTITWIST_APP_AUTH": ":".join(LOGIN)},
+    )
+    try:
+        app.wait_ready(timeout=90)
+        yield app
+    finally:
+        app.stop()
+
+
+def _log_in(tab: Any, user: str, password: str) -> None:
+    tab.get_by_label("username").fill(user)
+    tab.get_by_label("password").fill(password)
+    tab.get_by_role("button", name="Login").click()
+
+
+def test_shared_page_asks_for_a_login(browser: Any, shared_server: AppServer) -> None:
+    import time
+
+    deadline = time.monotonic() + 20  # the line follows the server's start
+    while "press Ctrl-C" not in shared_server.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    line = [ln for ln in shared_server.log().splitlines() if "can reach" in ln or "can open" in ln]
+    assert line == [
+        f"entitwist app: {shared_server.url} (only this machine can reach it; "
+        f"it asks for a login (users: {LOGIN[0]}))"
+    ]
+    assert LOGIN[1] not in shared_server.log()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    refused = local_only(tab, shared_server.url)
+    tab.goto(shared_server.url)
+    tab.get_by_role("button", name="Login").wait_for(timeout=30_000)
+    assert "entitwist: log in to use this page" in tab.locator("body").inner_text()
+    assert tab.locator("#segment").count() == 0
+    # nothing of the app is served without the login
+    assert tab.request.get(f"{shared_server.url}config").status == 401
+
+    _log_in(tab, LOGIN[0], "wrong-password")
+    tab.get_by_text("Incorrect Credentials").wait_for(timeout=10_000)
+    assert tab.locator("#segment").count() == 0
+    assert tab.request.get(f"{shared_server.url}config").status == 401
+
+    _log_in(tab, *LOGIN)
+    tab.wait_for_selector("#segment", timeout=30_000)
+    assert "referring segmentation" in tab.locator("h1").inner_text()
+    assert tab.locator("#examples tbody tr").count() == 1
+    assert tab.request.get(f"{shared_server.url}config").status == 200
+    context.close()
+    assert refused == [], f"the page tried to reach the internet: {refused[:3]}"

@@ -1,12 +1,15 @@
 """``entitwist app``: serve the web page on this machine.
 
     entitwist app [-m DIR] [--host 127.0.0.1] [--port N] [--max-upload-mb N]
-                  [--max-side N] [--device auto] [--allow-remote]
+                  [--max-side N] [--device auto] [--allow-remote] [--auth-file FILE]
 
 - The model: ``-m/--model DIR`` (a ``save_pretrained`` folder), else the one ``make demo``
   exports to ``demo_output/model/`` under the current directory; with neither it stops with
   one line saying how to get one (exit status 2).
-- Loopback only unless ``--allow-remote`` (a host such as ``0.0.0.0`` is refused without it);
+- Loopback only unless ``--allow-remote`` (a host such as ``0.0.0.0`` is refused without it),
+  which also requires a login (:mod:`entitwist.app.access`: ``--auth-file`` or
+  ``ENTITWIST_APP_AUTH=user:password``, never a password on the command line); the server
+  says in one line who can reach the page;
   no share link, no Gradio analytics, no server-side rendering (no Node), no fonts or
   scripts fetched from the internet.
 - Everything the page writes (uploads, Gradio's cache, the examples, the downloads) goes to
@@ -101,7 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-remote",
         action="store_true",
-        help="allow a non-loopback --host (anyone who can reach it can use the page)",
+        help="allow a non-loopback --host; the page then asks for a login (--auth-file or "
+        "ENTITWIST_APP_AUTH=user:password)",
+    )
+    parser.add_argument(
+        "--auth-file",
+        metavar="FILE",
+        default=None,
+        help="logins for the page, one user:password per line (default: the environment "
+        "variable ENTITWIST_APP_AUTH=user:password)",
     )
     return parser
 
@@ -200,6 +211,14 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_host(args.host, args.allow_remote)
     _check_options(args)
+    from entitwist.app.access import AUTH_ENV, reach_line, read_logins
+
+    logins = read_logins(args.auth_file)
+    if args.allow_remote and not logins:
+        raise InputError(
+            f"--allow-remote shares the page, so it needs a login: set {AUTH_ENV}=user:password "
+            "or pass --auth-file FILE (user:password lines)"
+        )
     checkpoint = resolve_model(args.model)
     from entitwist.inference.predictor import Predictor, resolve_device
 
@@ -266,7 +285,10 @@ def main(argv: list[str]) -> int:
                 theme=theme,
                 css=PAGE_CSS,
                 prevent_thread_lock=True,
+                auth=logins or None,
+                auth_message="entitwist: log in to use this page" if logins else None,
             )
+            print(f"entitwist app: {reach_line(args.host, page.server_port, logins)}", flush=True)
             print("entitwist app: press Ctrl-C to stop", flush=True)
             page.block_thread()
         except KeyboardInterrupt:
