@@ -193,6 +193,13 @@ class EntiTwistCLI(LightningCLI):
             parser.link_arguments(f"model.{name}", f"data.{name}", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # --config takes a file or the name of a shipped config (entitwist configs list)
+        from entitwist.configs import resolve_config_args
+
+        if args is None:  # read from sys.argv: resolve there, which DDP ranks re-run too
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        elif isinstance(args, list):
+            args = resolve_config_args(args)
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
