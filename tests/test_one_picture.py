@@ -211,8 +211,21 @@ def test_imaging_options_travel_with_the_model(world, tmp_path):
     seen = []
     original = predictor.prepare
     predictor.prepare = lambda image: (seen.append(image), original(image))[1]
-    predictor.predict(world["tif"], SENTENCE, entities=None)
+    pred = predictor.predict(world["tif"], SENTENCE, entities=None)
     np.testing.assert_array_equal(seen[0], want)
+    # segment without --bands/--stretch reads as the model was trained
+    from entitwist.cli import main
+
+    out = tmp_path / "p.tif"
+    argv = ["segment", str(world["tif"]), SENTENCE, "-m", str(tmp_path / "m")]
+    argv += ["--probability", str(out), "--device", "cpu", "--quiet", "--entities", "none"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    with rasterio.open(out) as ds:
+        seg_prob = ds.read(1)
+    valid = np.isfinite(seg_prob)
+    np.testing.assert_allclose(seg_prob[valid], pred.probability[valid], atol=1e-3, rtol=0)
 
 
 def test_training_reads_with_the_model_imaging(world):

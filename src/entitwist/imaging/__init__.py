@@ -44,6 +44,7 @@ from entitwist.imaging.rules import (
     parse_bands,
     parse_stretch,
     raw_to_rgb,
+    read_options,
     resolve_stretch,
     stretch_to_json,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "read_image",
     "read_label_map",
     "read_mask",
+    "read_options",
     "resize_image",
     "resize_nearest",
     "resolve_stretch",

@@ -49,6 +49,7 @@ __all__ = [
     "compute_stretch",
     "apply_stretch",
     "raw_to_rgb",
+    "read_options",
 ]
 
 DEFAULT_STRETCH = (2.0, 98.0)
@@ -204,6 +205,20 @@ def apply_stretch(
     np.clip(work, 0, 255, out=work)
     np.rint(work, out=work)
     return work.astype(np.uint8)
+
+
+def read_options(
+    bands: str | Sequence[int] | None,
+    stretch: str | Sequence[float] | None,
+    recorded: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``bands`` and parsed ``stretch`` for a reader: the options given, else the ones the
+    model recorded (``Predictor.read_options`` / ``config.imaging``), else the rules."""
+    recorded = recorded or {}
+    return {
+        "bands": bands if bands is not None else recorded.get("bands"),
+        "stretch": parse_stretch(stretch if stretch is not None else recorded.get("stretch")),
+    }
 
 
 def raw_to_rgb(

@@ -203,11 +203,13 @@ def run_chunk(items: list[BatchItem], predictor: Any, settings: BatchSettings) -
     """Segment a chunk: finished images are skipped, the whole-scene views of the others go
     through one forward pass, then each is refined and written. Returns one status dict
     per item (``status``: ``done``, ``skipped`` or ``failed`` with ``error``)."""
-    from entitwist.imaging import parse_stretch
+    from entitwist.imaging import read_options
     from entitwist.inference.raster import RasterSource, gdal_env
     from entitwist.inference.tiling import TilingOptions, scene_view
 
     opts = settings.options
+    # --bands / --stretch when given, else what the model was trained with
+    reading = read_options(opts.bands, opts.stretch, getattr(predictor, "read_options", None))
     tiling = opts.tiling or TilingOptions()
     mode = entity_mode(opts.entities)
     statuses: dict[int, dict[str, Any]] = {}
@@ -225,12 +227,7 @@ def run_chunk(items: list[BatchItem], predictor: Any, settings: BatchSettings) -
                 item.stem.parent.mkdir(parents=True, exist_ok=True)
                 check_output_folder(item.stem.parent)
                 source = stack.enter_context(
-                    RasterSource(
-                        item.image,
-                        bands=opts.bands,
-                        stretch=parse_stretch(opts.stretch),
-                        nodata=opts.nodata,
-                    )
+                    RasterSource(item.image, **reading, nodata=opts.nodata)
                 )
                 todo.append((item, source, scene_view(source, tiling.max_side)))
             except Exception as exc:

@@ -199,16 +199,16 @@ def segment_to_files(
     All outputs are written to temporary files and renamed together at the end; on any
     error nothing is left behind. Returns a summary dict (shape, CRS, mask pixels, tiles).
     """
-    from entitwist.imaging import parse_stretch
+    from entitwist.imaging import read_options
     from entitwist.inference.raster import RasterSource, gdal_env
 
     opts = options or SegmentOptions()
     opts.validate()
+    # --bands / --stretch when given, else what the model was trained with
+    reading = read_options(opts.bands, opts.stretch, getattr(predictor, "read_options", None))
     with (
         gdal_env(),
-        RasterSource(
-            image, bands=opts.bands, stretch=parse_stretch(opts.stretch), nodata=opts.nodata
-        ) as source,
+        RasterSource(image, **reading, nodata=opts.nodata) as source,
     ):
         return segment_source(
             source, sentence, predictor, plan, opts, overwrite=overwrite, progress=progress
