@@ -297,10 +297,15 @@ def inference_generator(
     if name == "sam":
         if sam_checkpoint is None and "checkpoint" not in kwargs:
             model_type = kwargs.get("model_type", "vit_b")
+            weights = SAM_VIT_B_FILE if model_type == "vit_b" else f"sam_{model_type}.pth"
+            if recorded == "sam":
+                raise CheckpointError(
+                    f"the model was built for SAM ({model_type}) entity maps and SAM needs a "
+                    f"checkpoint: give {flag} {weights}, or choose a weight-free generator "
+                    "such as felzenszwalb (lower accuracy)"
+                )
             raise CheckpointError(
-                f"the model was trained with SAM ({model_type}) entity maps: give {flag} "
-                f"{SAM_VIT_B_FILE if model_type == 'vit_b' else 'SAM.pth'}, or choose a "
-                "weight-free generator such as felzenszwalb (lower accuracy)"
+                f"the sam entity generator needs a checkpoint: give {flag} {weights}"
             )
         if sam_checkpoint is not None:
             if not Path(sam_checkpoint).is_file():
