@@ -246,7 +246,11 @@ def test_datamodule_takes_the_models_entity_needs():
     )
     data = ReferringDataModule.for_module(module, dataset="jsonl", root=".")
     spec = data.entity_spec()
-    assert (spec.generator, spec.max_entities, data.needs_entities) == ("felzenszwalb-rag", 40, True)
+    assert (spec.generator, spec.max_entities, data.needs_entities) == (
+        "felzenszwalb-rag",
+        40,
+        True,
+    )
     off = EntiTwistModule("entitwist_tiny", {**FAST, "seg": False, "entity_head_layers": 0})
     assert ReferringDataModule.for_module(off, dataset="jsonl", root=".").entity_spec() is None
 
@@ -383,3 +387,29 @@ def test_validation_loss_uses_the_configured_dice_weight():
     # SEG on and a batch without entity maps: an error, never a silent G = 0
     with pytest.raises(DataError, match="carries no entity maps"):
         module({k: v for k, v in batch.items() if k != "entities"})
+
+
+def test_decoder_batchnorm_is_synchronised_under_gpu_ddp_only():
+    from types import SimpleNamespace
+
+    def bn_types(module):
+        return {
+            type(m).__name__
+            for m in module.model.decoder.modules()
+            if "BatchNorm" in type(m).__name__
+        }
+
+    for world, device, want in (
+        (2, "cuda", "SyncBatchNorm"),
+        (2, "cpu", "BatchNorm2d"),
+        (1, "cuda", "BatchNorm2d"),
+    ):
+        module = EntiTwistModule("entitwist_tiny", FAST)
+        strategy = SimpleNamespace(root_device=torch.device(device))
+        module._trainer = SimpleNamespace(world_size=world, strategy=strategy)
+        before = {k: v.clone() for k, v in module.model.decoder.state_dict().items()}
+        module.setup("fit")
+        assert bn_types(module) == {want}, (world, device)
+        after = module.model.decoder.state_dict()  # same parameters and buffers
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
