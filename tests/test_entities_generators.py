@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import entitwist.entities as E
-from entitwist.entities.generators import contrast_stretch
+from entitwist.entities.base import contrast_stretch
 from entitwist.errors import CheckpointError, ConfigError, InputError
 from entitwist.imaging import nearest_index, resize_nearest
 

@@ -15,16 +15,15 @@
 Importing this package needs only numpy, Pillow and scikit-image.
 """
 
+from entitwist.entities.base import MaskGenerator
 from entitwist.entities.generators import (
     DEFAULT_GENERATOR,
     GENERATORS,
-    SAM_MODEL_TYPES,
-    MaskGenerator,
+    compute_entities,
     get_generator,
     list_generators,
-    register_sam_model_type,
 )
-from entitwist.entities.labelmap import MAX_ENTITIES, compute_entities, paint_label_map
+from entitwist.entities.labelmap import MAX_ENTITIES, MAX_K, paint_label_map
 from entitwist.entities.resolve import (
     EntitySpec,
     InferenceEntities,
@@ -32,8 +31,8 @@ from entitwist.entities.resolve import (
     list_stores,
     resolve_store,
 )
+from entitwist.entities.sam import SAM_MODEL_TYPES, register_sam_model_type
 from entitwist.entities.store import (
-    MAX_K,
     EntityStore,
     default_store_dir,
     image_key,

@@ -84,7 +84,8 @@ def _init_worker(
 
 
 def _work(item: tuple[str, str]) -> dict[str, Any]:
-    from entitwist.entities.labelmap import compute_entities_with_count, entity_count
+    from entitwist.entities.generators import compute_entities_with_count
+    from entitwist.entities.labelmap import entity_count
     from entitwist.imaging import read_image
 
     key, path = item
@@ -116,8 +117,7 @@ def _stats(values: list[int]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from entitwist.entities.generators import DEFAULT_GENERATOR, GENERATORS
-    from entitwist.entities.labelmap import MAX_ENTITIES
-    from entitwist.entities.store import MAX_K
+    from entitwist.entities.labelmap import MAX_ENTITIES, MAX_K
 
     parser = OneLineArgumentParser(
         prog="entitwist entities",

@@ -23,129 +23,29 @@ weight-free ones) and ``__call__(image uint8 (H, W, 3)) -> list[np.ndarray bool 
 The weight-free generators also offer ``label_map(image, max_entities)``, a fast path equal
 to ``paint_label_map(gen(image), max_entities)`` (tested against it).
 
-Only numpy, PIL, scikit-image and :mod:`entitwist.imaging` are imported here; the SAM classes live in
-:mod:`entitwist.entities.sam` and import torch, segment_anything and transformers only
-when used.
+:func:`compute_entities` runs a generator and paints the K largest masks into one label map
+(:func:`entitwist.entities.labelmap.paint_label_map`).
+
+Imports go one way: :mod:`~entitwist.entities.labelmap` (K, painting) and
+:mod:`~entitwist.entities.base` (the interface) <- :mod:`~entitwist.entities.sam` <- this
+module (the registry). Only numpy, PIL, scikit-image and :mod:`entitwist.imaging` are
+imported here; the SAM classes import torch, segment_anything and transformers only when
+used.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Any
 
 import numpy as np
 
-from entitwist.errors import ConfigError, InputError
+from entitwist.entities.base import MaskGenerator, check_image, contrast_stretch, resize_image
+from entitwist.entities.labelmap import MAX_ENTITIES, check_max_entities, paint_label_map
+from entitwist.entities.sam import HfSamGenerator, SamGenerator
+from entitwist.errors import ConfigError
 from entitwist.imaging import resize_nearest
 
 DEFAULT_GENERATOR = "felzenszwalb"
-
-
-def check_image(image: Any) -> np.ndarray:
-    """Return ``image`` as a C-contiguous uint8 (H, W, 3) array or raise :class:`InputError`."""
-    if not isinstance(image, np.ndarray):
-        raise InputError(
-            f"entity generators take a numpy uint8 (H, W, 3) image, got {type(image).__name__}; "
-            "convert it with np.asarray(PIL.Image.open(path).convert('RGB'))"
-        )
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise InputError(
-            f"entity generators take a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}; "
-            "convert it to 8-bit RGB first"
-        )
-    if image.shape[0] < 2 or image.shape[1] < 2:
-        raise InputError(f"image of size {image.shape[:2]} is too small for entity masks")
-    return np.ascontiguousarray(image)
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a uint8 (H, W, 3) image to ``size`` = (H, W) with bilinear filtering (PIL)."""
-    from PIL import Image
-
-    if image.shape[:2] == tuple(size):
-        return image
-    pil = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(pil)
-
-
-def contrast_stretch(image: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
-    """Map the ``low``..``high`` percentiles (over all channels together) to 0..255.
-
-    One range for the three channels keeps the colours' ratios. Hazy, low-contrast aerial
-    tiles otherwise merge into one or two graph segments.
-    """
-    lo, hi = np.percentile(image, [low, high])
-    scaled = (image.astype(np.float32) - lo) * (255.0 / max(float(hi - lo), 1.0))
-    return np.clip(scaled, 0, 255).round().astype(np.uint8)  # (H, W, 3)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _check_params(name: str, params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) {', '.join(unknown)} for entity generator {name!r}; "
-            f"valid: {', '.join(sorted(defaults))}"
-        )
-    merged = dict(defaults)
-    for key, value in params.items():
-        default = defaults[key]
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise ConfigError(
-                f"parameter {key}={value!r} of entity generator {name!r} must be of type "
-                f"{type(default).__name__}"
-            )
-        merged[key] = value
-    return merged
-
-
-class MaskGenerator:
-    """Base class: ``gen(image uint8 (H, W, 3)) -> list of bool (H, W) masks``.
-
-    Subclasses set ``name`` and ``DEFAULTS`` (every parameter that changes the output, with
-    its default) and implement :meth:`generate`.
-    """
-
-    name: str = ""
-    DEFAULTS: dict[str, Any] = {}
-
-    def __init__(self, **params: Any) -> None:
-        self.params: dict[str, Any] = _check_params(self.name, params, self.DEFAULTS)
-        self.checkpoint_sha256: str | None = None
-
-    @property
-    def is_default(self) -> bool:
-        """True when every output-changing parameter has its default value."""
-        return self.params == self.DEFAULTS
-
-    def __call__(self, image: np.ndarray) -> list[np.ndarray]:
-        """Masks of ``image`` (uint8 (H, W, 3)): a list of bool (H, W) arrays, any order."""
-        return self.generate(check_image(image))
-
-    def generate(self, image: np.ndarray) -> list[np.ndarray]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        return f"{type(self).__name__}({args})"
 
 
 class _PartitionGenerator(MaskGenerator):
@@ -178,8 +78,6 @@ class _PartitionGenerator(MaskGenerator):
 
         Returns ``(labels uint8 (H, W), number of masks before the K cap)``.
         """
-        from entitwist.entities.labelmap import check_max_entities
-
         k = check_max_entities(max_entities)
         seg = self._full_segments(check_image(image))  # (H, W)
         areas = np.bincount(seg.ravel())  # (n,) masks in id order, as generate() lists them
@@ -347,15 +245,6 @@ class SlicGenerator(_PartitionGenerator):
         )
 
 
-# The SAM generators live in entities/sam.py, which imports the base class above; the
-# package's __init__ imports this module first, so the cycle always resolves here.
-from entitwist.entities.sam import (  # noqa: E402
-    SAM_MODEL_TYPES,  # noqa: F401 (re-exported: the old home of these names)
-    HfSamGenerator,
-    SamGenerator,
-    register_sam_model_type,  # noqa: F401
-)
-
 GENERATORS: dict[str, type[MaskGenerator]] = {
     "felzenszwalb": FelzenszwalbGenerator,
     "felzenszwalb-rag": FelzenszwalbRagGenerator,
@@ -382,3 +271,46 @@ def get_generator(name: str = DEFAULT_GENERATOR, **params: Any) -> MaskGenerator
             f"unknown entity generator {name!r}; choose one of {', '.join(GENERATORS)}"
         )
     return GENERATORS[name](**params)
+
+
+def compute_entities_with_count(
+    image: np.ndarray, generator: Any = None, max_entities: int = MAX_ENTITIES
+) -> tuple[np.ndarray, int]:
+    """Like :func:`compute_entities`, also returning how many masks the generator made."""
+    k = check_max_entities(max_entities)
+    image = check_image(image)
+    if generator is None:
+        generator = _default_generator()
+    elif isinstance(generator, str):
+        generator = get_generator(generator)
+    fast = getattr(generator, "label_map", None)
+    if fast is not None:
+        return fast(image, k)
+    masks = generator(image)
+    return paint_label_map(masks, k, shape=image.shape[:2]), len(masks)
+
+
+def compute_entities(
+    image: np.ndarray, generator: Any = None, max_entities: int = MAX_ENTITIES
+) -> np.ndarray:
+    """Entity label map of one image.
+
+    Args:
+        image: uint8 (H, W, 3) RGB.
+        generator: ``None`` (the default weight-free ``felzenszwalb``), a generator name for
+            :func:`entitwist.entities.get_generator`, or a generator object.
+        max_entities: K (1..255).
+
+    Returns:
+        uint8 (H, W) label map, see :func:`paint_label_map`.
+    """
+    return compute_entities_with_count(image, generator, max_entities)[0]
+
+
+_DEFAULT: list[MaskGenerator] = []
+
+
+def _default_generator() -> MaskGenerator:
+    if not _DEFAULT:
+        _DEFAULT.append(get_generator())
+    return _DEFAULT[0]

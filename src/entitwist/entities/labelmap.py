@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from entitwist.entities.store import MAX_K
 from entitwist.errors import ConfigError, InputError
 
+#: The largest K: labels are stored as uint8 PNGs, so K is 1..MAX_K.
+MAX_K = 255
+#: The paper's K (section IV-B).
 MAX_ENTITIES = 40
 
 
@@ -77,50 +79,3 @@ def entity_count(labels: np.ndarray) -> int:
     """Number of distinct non-zero labels present in a uint8 label map."""
     counts = np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=256)  # (256,)
     return int((counts[1:] > 0).sum())
-
-
-def compute_entities_with_count(
-    image: np.ndarray, generator: Any = None, max_entities: int = MAX_ENTITIES
-) -> tuple[np.ndarray, int]:
-    """Like :func:`compute_entities`, also returning how many masks the generator made."""
-    from entitwist.entities.generators import check_image, get_generator
-
-    k = check_max_entities(max_entities)
-    image = check_image(image)
-    if generator is None:
-        generator = _default_generator()
-    elif isinstance(generator, str):
-        generator = get_generator(generator)
-    fast = getattr(generator, "label_map", None)
-    if fast is not None:
-        return fast(image, k)
-    masks = generator(image)
-    return paint_label_map(masks, k, shape=image.shape[:2]), len(masks)
-
-
-def compute_entities(
-    image: np.ndarray, generator: Any = None, max_entities: int = MAX_ENTITIES
-) -> np.ndarray:
-    """Entity label map of one image.
-
-    Args:
-        image: uint8 (H, W, 3) RGB.
-        generator: ``None`` (the default weight-free ``felzenszwalb``), a generator name for
-            :func:`entitwist.entities.get_generator`, or a generator object.
-        max_entities: K (1..255).
-
-    Returns:
-        uint8 (H, W) label map, see :func:`paint_label_map`.
-    """
-    return compute_entities_with_count(image, generator, max_entities)[0]
-
-
-_DEFAULT: list[Any] = []
-
-
-def _default_generator() -> Any:
-    if not _DEFAULT:
-        from entitwist.entities.generators import get_generator
-
-        _DEFAULT.append(get_generator())
-    return _DEFAULT[0]

@@ -1,9 +1,9 @@
 """The SAM entity generators (paper section IV-B): Meta's ``segment-anything`` and the
-transformers ``SamModel``, behind the interface of :mod:`entitwist.entities.generators`.
+transformers ``SamModel``, behind the interface of :mod:`entitwist.entities.base`.
 
-Split out of ``generators.py``, which keeps the base class, the weight-free generators and
-the registry (``get_generator("sam", checkpoint=...)`` still builds these). torch,
-segment_anything and transformers are imported inside the classes, on first use.
+The registry in :mod:`entitwist.entities.generators` lists them
+(``get_generator("sam", checkpoint=...)``). torch, segment_anything and transformers are
+imported inside the classes, on first use.
 """
 
 from __future__ import annotations
@@ -16,11 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from entitwist.entities.generators import (
-    MaskGenerator,
-    resize_image,
-    sha256_file,
-)
+from entitwist.entities.base import MaskGenerator, resize_image, sha256_file
 from entitwist.errors import CheckpointError, ConfigError, EntitwistError
 from entitwist.imaging import resize_nearest
 

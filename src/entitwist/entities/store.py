@@ -35,13 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from entitwist.entities.labelmap import MAX_ENTITIES, MAX_K
 from entitwist.errors import DataError, InputError
 from entitwist.utils import atomic_path, atomic_write_bytes
 
 MANIFEST = "manifest.json"
 FORMAT = "entitwist-entities/1"
-#: The largest K: labels are stored as uint8 PNGs, so K is 1..MAX_K.
-MAX_K = 255
 _COMPARED = ("generator", "params", "checkpoint_sha256", "max_entities")
 
 
@@ -49,10 +48,8 @@ def _canonical(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
-def store_tag(generator: Any, max_entities: int = 40) -> str:
+def store_tag(generator: Any, max_entities: int = MAX_ENTITIES) -> str:
     """Folder name of a generator's store under ``<root>/entities/`` (see the module doc)."""
-    from entitwist.entities.labelmap import MAX_ENTITIES
-
     defaults = getattr(generator, "DEFAULTS", None)
     if generator.params == defaults and max_entities == MAX_ENTITIES:
         return generator.name
