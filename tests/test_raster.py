@@ -185,14 +185,13 @@ def test_overview_is_block_mean_of_valid_pixels(tmp_path):
     with gdal_env(), RasterSource(path) as src:
         raw, valid, factor = src.overview(16)
     assert factor == 5 and raw.shape == (3, 9, 14) and valid.shape == (9, 14)
-    # reference: plain loops over blocks, valid = every band != nodata
-    ok = np.all(data != 0, axis=0)
+    # reference: plain loops over blocks; each band averages its own valid pixels (GDAL's
+    # per-band nodata masks), within half a unit (GDAL averages uint16 as uint16)
     for oy in range(9):
         for ox in range(14):
-            blk = ok[oy * 5 : oy * 5 + 5, ox * 5 : ox * 5 + 5]
             for c in range(3):
-                vals = data[c, oy * 5 : oy * 5 + 5, ox * 5 : ox * 5 + 5][blk]
-                assert abs(raw[c, oy, ox] - vals.mean()) < 1e-2
+                vals = data[c, oy * 5 : oy * 5 + 5, ox * 5 : ox * 5 + 5]
+                assert abs(raw[c, oy, ox] - vals[vals != 0].mean()) <= 0.5
     assert valid.all()
 
 
@@ -287,3 +286,91 @@ def test_alpha_band_marks_nodata(tmp_path):
         assert src._mask_mode == "gdal" and src.bands == [1, 2, 3]
         valid = src.read_valid(Window(0, 0, 20, 16))
     assert not valid[:4].any() and valid[4:].all()
+
+
+def _block_mean_reference(data, ok, factor):
+    """Plain loops: the mean of the valid pixels of each factor x factor block (edge blocks
+    smaller), NaN where none is valid."""
+    c, h, w = data.shape
+    oh, ow = -(-h // factor), -(-w // factor)
+    ref = np.full((c, oh, ow), np.nan)
+    for oy in range(oh):
+        for ox in range(ow):
+            blk = ok[oy * factor : (oy + 1) * factor, ox * factor : (ox + 1) * factor]
+            for b in range(c):
+                vals = data[b, oy * factor : (oy + 1) * factor, ox * factor : (ox + 1) * factor]
+                if blk.any():
+                    ref[b, oy, ox] = vals[blk].astype(np.float64).mean()
+    return ref
+
+
+@pytest.mark.parametrize("overviews", [False, True])
+@pytest.mark.parametrize("kind", ["uint16-nodata", "float32-nan-nodata", "float32-nan"])
+def test_overview_through_gdal_matches_block_means(tmp_path, overviews, kind):
+    """The whole-scene view read with out_shape + average (and the file's overviews when it
+    has them) equals the block means of the valid pixels: a nodata corner, a nodata block
+    in the middle, and without overviews sides that are not multiples of the factor (edge
+    blocks; a file's overview pixels only align with blocks on whole multiples)."""
+    from rasterio.enums import Resampling
+
+    rng = np.random.default_rng(3)
+    h, w, factor = (84, 104, 4) if overviews else (83, 101, 4)  # max_side 26 -> factor 4
+    if kind == "uint16-nodata":
+        data = rng.integers(100, 4000, size=(3, h, w)).astype(np.uint16)
+        data[:, :9, :13] = 0  # a nodata corner (whole blocks and partial ones)
+        data[:, 40:44, 60:64] = 0  # exactly one block of nodata
+        path = write_geotiff(tmp_path / "s.tif", data, nodata=0)
+        ok = np.all(data != 0, axis=0)
+    else:
+        data = rng.uniform(0, 1000, size=(3, h, w)).astype(np.float32)
+        data[:, :9, :13] = np.nan
+        data[:, 40:44, 60:64] = np.nan
+        nodata = float("nan") if kind.endswith("-nodata") else None
+        path = write_geotiff(tmp_path / "s.tif", data, nodata=nodata)
+        ok = np.all(np.isfinite(data), axis=0)
+    if overviews:
+        with rasterio.open(path, "r+") as ds:
+            ds.build_overviews([2, 4], Resampling.average)
+        with rasterio.open(path) as ds:
+            assert ds.overviews(1) == [2, 4]
+    with gdal_env(), RasterSource(path, stretch=(0, 100)) as src:
+        raw, valid, got = src.overview(26)
+    assert got == factor and raw.shape == (3, 21, 26)
+    if overviews and kind != "float32-nan":  # GDAL read the overview, not the full scene
+        with rasterio.open(path, overview_level=1) as ov:
+            assert ov.shape == (21, 26)
+    ref = _block_mean_reference(data, ok, factor)
+    np.testing.assert_array_equal(valid, np.isfinite(ref[0]))
+    assert not valid[10, 15] and not valid[0, 0] and valid[2, 3]  # (40:44, 60:64), corner
+    assert np.isnan(raw[:, ~valid]).all()
+    # integer imagery is averaged in its own type by GDAL: within half a unit (a unit
+    # through the two rounded overview levels)
+    tol = (1.0 if overviews else 0.5) if kind.startswith("uint16") else 1e-3
+    full = valid.copy()  # blocks without nodata: the overview's mean of means is exact
+    for oy, ox in np.argwhere(valid):
+        full[oy, ox] = ok[oy * factor : (oy + 1) * factor, ox * factor : (ox + 1) * factor].all()
+    assert full.sum() > 0.9 * valid.sum()
+    np.testing.assert_allclose(raw[:, full], ref[:, full], atol=tol, rtol=1e-6)
+    if not overviews:
+        np.testing.assert_allclose(raw[:, valid], ref[:, valid], atol=tol, rtol=1e-6)
+    for oy, ox in np.argwhere(valid & ~full):  # partly nodata blocks: within the valid values
+        blk = data[:, oy * factor : (oy + 1) * factor, ox * factor : (ox + 1) * factor]
+        keep = ok[oy * factor : (oy + 1) * factor, ox * factor : (ox + 1) * factor]
+        vals = blk[:, keep].astype(np.float64)  # (3, n)
+        assert (vals.min(1) - tol <= raw[:, oy, ox]).all()
+        assert (raw[:, oy, ox] <= vals.max(1) + tol).all()
+
+
+def test_overview_with_an_override_nodata_averages_it_out(tmp_path):
+    """--nodata that the file does not declare: GDAL cannot exclude it, the strip reader
+    does (same block-mean reference)."""
+    rng = np.random.default_rng(4)
+    data = rng.integers(100, 4000, size=(3, 30, 45)).astype(np.uint16)
+    data[:, 5:20, 7:30] = 9
+    path = write_geotiff(tmp_path / "s.tif", data)
+    with gdal_env(), RasterSource(path, nodata=9, stretch=(0, 100)) as src:
+        raw, valid, factor = src.overview(10)
+    ref = _block_mean_reference(data, np.all(data != 9, axis=0), factor)
+    assert factor == 5
+    np.testing.assert_array_equal(valid, np.isfinite(ref[0]))
+    np.testing.assert_allclose(raw[:, valid], ref[:, valid], rtol=1e-5)

@@ -280,8 +280,15 @@ class RasterSource:
         """The whole scene reduced by an integer factor so that its longer side <= ``max_side``.
 
         Each overview pixel is the mean of the valid full-resolution pixels of its
-        ``factor x factor`` block (NaN where none is valid). Read strip by strip, so memory
-        is bounded by a few strips of ``factor`` rows.
+        ``factor x factor`` block (NaN where none is valid; blocks at the right and bottom
+        edges are smaller). GDAL computes it (``out_shape`` with ``Resampling.average``,
+        nodata and masks excluded, integer imagery averaged in its own type, so within half
+        a unit), reading the file's overviews when it has them (``gdaladdo``), so a large
+        scene is not decoded at full resolution (overview pixels are the file's: exact
+        blocks when the sides are multiples of the factor). An override ``nodata`` value,
+        or NaN in float imagery that declares no nodata, which GDAL does not exclude, is
+        averaged out by reading full-resolution strips instead. Memory is bounded by one
+        strip either way.
 
         Returns:
             ``data`` (3, h, w) float32, ``valid`` (h, w) bool, ``factor`` (int >= 1) with
@@ -294,24 +301,79 @@ class RasterSource:
         h, w = math.ceil(self.height / factor), math.ceil(self.width / factor)
         data = np.full((3, h, w), np.nan, dtype=np.float32)
         valid = np.zeros((h, w), dtype=bool)
+        # GDAL cannot exclude an override value, nor NaN in float data that declares no nodata
+        undeclared_nan = self.dtype.kind == "f" and self._mask_mode == "all"
+        gdal = self.nodata_override is None and not undeclared_nan
+        reduce = self._gdal_means if gdal else self._block_means
         rows_per_strip = max(1, (4 << 20) // (factor * self.width))  # ~16 MB of float32 a band
         for oy in range(0, h, rows_per_strip):
             oy1 = min(h, oy + rows_per_strip)
             y0, y1 = oy * factor, min(self.height, oy1 * factor)
-            raw, ok = self.read_raw(Window(0, y0, self.width, y1 - y0))  # (3, sh, W)
-            sh_pad, sw_pad = (oy1 - oy) * factor, w * factor
-            raw_p = np.zeros((3, sh_pad, sw_pad), dtype=np.float32)
-            ok_p = np.zeros((sh_pad, sw_pad), dtype=bool)
-            raw_p[:, : y1 - y0, : self.width] = np.where(ok, raw, 0.0)
-            ok_p[: y1 - y0, : self.width] = ok
-            count = ok_p.reshape(oy1 - oy, factor, w, factor).sum(axis=(1, 3))  # (sh, w)
-            total = raw_p.reshape(3, oy1 - oy, factor, w, factor).sum(axis=(2, 4))  # (3, sh, w)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                data[:, oy:oy1] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-            valid[oy:oy1] = count > 0
+            data[:, oy:oy1], valid[oy:oy1] = reduce(y0, y1, factor)
             if progress is not None:
                 progress.update(y1 - y0)
         return data, valid, factor
+
+    def _gdal_means(self, y0: int, y1: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+        """Block means of rows ``y0:y1`` by GDAL's average resampling: one read per part
+        whose sides are whole multiples of ``factor`` (the last row / column of blocks may
+        be shorter), so every output pixel is exactly one block."""
+        from rasterio.enums import Resampling
+
+        def parts(start: int, stop: int) -> list[tuple[int, int, int]]:
+            full = start + (stop - start) // factor * factor
+            out = [(start, full, (full - start) // factor)] if full > start else []
+            return out + ([(full, stop, 1)] if stop > full else [])
+
+        rows, cols = parts(y0, y1), parts(0, self.width)
+        h, w = sum(n for *_, n in rows), sum(n for *_, n in cols)
+        raw = np.empty((len(self.unique_bands), h, w), dtype=np.float32)
+        masks = np.full((len(self.unique_bands), h, w), 255, dtype=np.uint8)
+        oy = 0
+        try:
+            for r0, r1, nr in rows:
+                ox = 0
+                for c0, c1, nc in cols:
+                    win = Window(c0, r0, c1 - c0, r1 - r0)
+                    shape = (len(self.unique_bands), nr, nc)
+                    raw[:, oy : oy + nr, ox : ox + nc] = self.ds.read(
+                        self.unique_bands,
+                        window=win,
+                        out_shape=shape,
+                        out_dtype="float32",
+                        resampling=Resampling.average,
+                    )
+                    if self._mask_mode != "all":  # > 0: some pixel of the block is valid
+                        masks[:, oy : oy + nr, ox : ox + nc] = self.ds.read_masks(
+                            self.unique_bands,
+                            window=win,
+                            out_shape=shape,
+                            resampling=Resampling.average,
+                        )
+                    ox += nc
+                oy += nr
+        except (RasterioIOError, RasterioError, OSError) as exc:
+            raise self._read_error(exc) from None
+        valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(raw), axis=0)  # (h, w)
+        index = {b: i for i, b in enumerate(self.unique_bands)}
+        data = raw[[index[b] for b in self.bands]]  # (3, h, w)
+        data[:, ~valid] = np.nan
+        return data, valid
+
+    def _block_means(self, y0: int, y1: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+        """Block means of rows ``y0:y1`` from full-resolution reads (validity as
+        :meth:`read_raw` decides it, e.g. an override nodata value)."""
+        oh, w = math.ceil((y1 - y0) / factor), math.ceil(self.width / factor)
+        raw, ok = self.read_raw(Window(0, y0, self.width, y1 - y0))  # (3, sh, W)
+        raw_p = np.zeros((3, oh * factor, w * factor), dtype=np.float32)
+        ok_p = np.zeros((oh * factor, w * factor), dtype=bool)
+        raw_p[:, : y1 - y0, : self.width] = np.where(ok, raw, 0.0)
+        ok_p[: y1 - y0, : self.width] = ok
+        count = ok_p.reshape(oh, factor, w, factor).sum(axis=(1, 3))  # (oh, w)
+        total = raw_p.reshape(3, oh, factor, w, factor).sum(axis=(2, 4))  # (3, oh, w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            data = np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
+        return data, count > 0
 
     def set_stretch_from(self, data: np.ndarray, valid: np.ndarray) -> None:
         """Measure the stretch limits on ``data`` (3, h, w) (normally the overview).
