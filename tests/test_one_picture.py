@@ -253,3 +253,16 @@ def test_training_reads_with_the_model_imaging(world):
     want = prepare_image(read_image(world["tif"], bands="4,3,2"), (s, s))
     assert torch.equal(ds[0]["image"], want)
     assert not torch.equal(want, prepare_image(read_image(world["tif"]), (s, s)))
+
+
+def test_the_app_reads_the_same_picture(world, tmp_path):
+    from entitwist.app.inputs import read_upload
+
+    up = read_upload(world["tif"])
+    np.testing.assert_array_equal(up.rgb, read_image(world["tif"]))
+    up = read_upload(world["tif"], recorded={"bands": "4,3,2", "stretch": None})
+    np.testing.assert_array_equal(up.rgb, read_image(world["tif"], bands="4,3,2"))
+    rgb = read_image(world["tif"])
+    Image.fromarray(rgb).save(tmp_path / "scene.jpg", quality=85)
+    up = read_upload(tmp_path / "scene.jpg")
+    np.testing.assert_array_equal(up.rgb, read_image(tmp_path / "scene.jpg"))

@@ -211,7 +211,7 @@ class PageHandlers:
         sentences = parse_sentences(text, self.limits)
         self._prune()
         progress(0.05, desc="reading the image")
-        upload = read_upload(path, self.limits)
+        upload = read_upload(path, self.limits, getattr(self.predictor, "read_options", None))
         started = time.perf_counter()
         progress(0.15, desc=f"segmenting {len(sentences)} sentence(s)")
         # one batched forward; nodata is never the object
@@ -307,7 +307,7 @@ class PageHandlers:
         if path is None:
             return None, ""
         try:
-            up = read_upload(path, self.limits)
+            up = read_upload(path, self.limits, getattr(self.predictor, "read_options", None))
         except EntitwistError as exc:
             return None, _error_status(str(exc))
         except Exception as exc:  # pragma: no cover - a bug

@@ -109,7 +109,11 @@ def _display_name(path: Path) -> str:
     return path.name or "the upload"
 
 
-def read_upload(path: str | os.PathLike | None, limits: PageLimits = PageLimits()) -> Upload:
+def read_upload(
+    path: str | os.PathLike | None,
+    limits: PageLimits = PageLimits(),
+    recorded: dict[str, Any] | None = None,
+) -> Upload:
     """Read an uploaded file as uint8 RGB within the page's limits.
 
     Checks, in order: a file was given; its size (``max_upload_mb``); its type (PNG, JPEG,
@@ -117,7 +121,8 @@ def read_upload(path: str | os.PathLike | None, limits: PageLimits = PageLimits(
     before decoding). The picture is the one every entitwist reader makes
     (:mod:`entitwist.imaging`: PNG and JPEG decoded by PIL, TIFF and GeoTIFF by rasterio;
     uint8 as is, 16-bit and float stretched per band 2-98 %, nodata pixels black and not
-    valid, CRS and transform kept). Messages name the file by its own name,
+    valid, CRS and transform kept), with the bands and stretch the model recorded
+    (``recorded``: ``Predictor.read_options``). Messages name the file by its own name,
     not the temporary path.
     """
     if path is None or (isinstance(path, str) and not path.strip()):
@@ -138,9 +143,12 @@ def read_upload(path: str | os.PathLike | None, limits: PageLimits = PageLimits(
         )
     is_tiff = path.suffix.lower() in TIFF_SUFFIXES
     try:
+        from entitwist.imaging import read_options
+
+        reading = read_options(None, None, recorded)
         if is_tiff:
-            return _read_tiff_upload(path, name, limits)
-        return _read_picture_upload(path, name, limits)
+            return _read_tiff_upload(path, name, limits, reading)
+        return _read_picture_upload(path, name, limits, reading)
     except EntitwistError as exc:
         # the readers name the temporary path; the user knows the file by its name
         raise type(exc)(str(exc).replace(str(path), name)) from None
@@ -154,7 +162,9 @@ def _too_large(name: str, width: int, height: int, limits: PageLimits) -> InputE
     )
 
 
-def _read_picture_upload(path: Path, name: str, limits: PageLimits) -> Upload:
+def _read_picture_upload(
+    path: Path, name: str, limits: PageLimits, reading: dict[str, Any]
+) -> Upload:
     """PNG / JPEG: decoded by PIL exactly as ``Predictor.predict(path)`` decodes it."""
     from PIL import Image, UnidentifiedImageError
 
@@ -170,7 +180,7 @@ def _read_picture_upload(path: Path, name: str, limits: PageLimits) -> Upload:
         ) from None
     if max(width, height) > limits.max_side:
         raise _too_large(name, width, height, limits)
-    rgb = read_image(path)  # (H, W, 3) uint8
+    rgb = read_image(path, **reading)  # (H, W, 3) uint8
     return Upload(
         name=name,
         rgb=rgb,
@@ -183,7 +193,7 @@ def _read_picture_upload(path: Path, name: str, limits: PageLimits) -> Upload:
     )
 
 
-def _read_tiff_upload(path: Path, name: str, limits: PageLimits) -> Upload:
+def _read_tiff_upload(path: Path, name: str, limits: PageLimits, reading: dict[str, Any]) -> Upload:
     """TIFF / GeoTIFF: read with rasterio as ``entitwist segment`` reads it (CRS, nodata)."""
     from rasterio.errors import NotGeoreferencedWarning
 
@@ -191,7 +201,7 @@ def _read_tiff_upload(path: Path, name: str, limits: PageLimits) -> Upload:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with gdal_env(), RasterSource(path) as source:
+        with gdal_env(), RasterSource(path, **reading) as source:
             if max(source.width, source.height) > limits.max_side:
                 raise _too_large(name, source.width, source.height, limits)
             data, valid = source.read_raw()  # (3, H, W) float32, (H, W) bool
