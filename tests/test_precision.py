@@ -84,6 +84,10 @@ def test_int8_predictions_agree_with_fp32(tiny_model):
     assert p32.shape == p8.shape == (2, 96, 116)
     diff = np.abs(p32 - p8).max()
     assert 0 < diff <= 0.05  # quantised (not the fp32 path) and within the promise
+    # int8 quantises each layer's input with its batch's range: one sample per forward, so
+    # a sentence's answer does not depend on the others in the call
+    single = fast.predict_probability(picture(), sentences[1:], entities=None)
+    np.testing.assert_array_equal(single[0], p8[1])
     # and the fp32 path is the network's own forward, unchanged
     with torch.no_grad():
         x, _ = exact.prepare(picture())

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from entitwist.errors import InputError
 
@@ -121,11 +121,28 @@ class PrecisionPlan:
             quantised copy for ``"int8"``, a compiled wrapper for ``"compile"``).
         name: the concrete precision (``"auto"`` resolved).
         device: where it runs.
+        per_sample: run a batch one sample at a time (set for a dynamically quantised
+            network, whose int8 layers quantise with the range of the whole batch, so that
+            batching sentences does not change any one's answer).
     """
 
     model: nn.Module
     name: str
     device: torch.device
+    per_sample: bool = False
+
+    def __call__(self, *inputs: Tensor | None) -> Tensor:
+        """``model(*inputs)`` in this precision; batch-first tensors, None passed through."""
+        with self.context():
+            if not self.per_sample:
+                return self.model(*inputs)
+            n = next(t.shape[0] for t in inputs if t is not None)
+            return torch.cat(
+                [
+                    self.model(*(None if t is None else t[i : i + 1] for t in inputs))
+                    for i in range(n)
+                ]
+            )
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
@@ -172,7 +189,8 @@ def apply_precision(
     dev = torch.device(device)
     name = resolve_precision(precision, dev)
     if name == "int8":
-        return PrecisionPlan(_quantize_int8(model), name, dev)
+        quantized = _quantize_int8(model)
+        return PrecisionPlan(quantized, name, dev, per_sample=quantized is not model)
     if name == "compile":
         compiled = torch.compile(model, options={"freezing": True})
         return PrecisionPlan(compiled, name, dev)

@@ -337,13 +337,9 @@ class Predictor:
             ids = tokens["input_ids"].to(self.device)  # (b, N)
             att = tokens["attention_mask"].to(self.device)  # (b, N)
             b = ids.shape[0]
-            with self._plan.context():
-                logits = self.model(
-                    x.expand(b, -1, -1, -1),
-                    ids,
-                    att,
-                    None if ent is None else ent.expand(b, -1, -1),
-                )  # (b, 2, S, S)
+            logits = self._plan(
+                x.expand(b, -1, -1, -1), ids, att, None if ent is None else ent.expand(b, -1, -1)
+            )  # (b, 2, S, S)
             prob = torch.softmax(logits.float(), dim=1)[:, 1:2]  # (b, 1, S, S)
             if (height, width) != tuple(prob.shape[-2:]):
                 prob = F.interpolate(
@@ -418,13 +414,12 @@ class Predictor:
                 raise InputError("give entity maps for all images of a call or for none")
             tokens = self.model.tokenizer(list(sentences[i : i + self.batch_size]))
             ent_batch = None if maps[0] is None else torch.cat(maps).to(self.device)
-            with self._plan.context():
-                logits = self.model(
-                    torch.cat(xs).to(self.device),
-                    tokens["input_ids"].to(self.device),
-                    tokens["attention_mask"].to(self.device),
-                    ent_batch,
-                )  # (b, 2, S, S)
+            logits = self._plan(
+                torch.cat(xs).to(self.device),
+                tokens["input_ids"].to(self.device),
+                tokens["attention_mask"].to(self.device),
+                ent_batch,
+            )  # (b, 2, S, S)
             prob = torch.softmax(logits.float(), dim=1)[:, 1:2]  # (b, 1, S, S)
             for p, image in zip(prob, arrays):
                 if output_size is None:
