@@ -133,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                 g = record("SEG", _timed(mod.seg, f, area))
                 cube = record("cube", _timed(mod.cube, f, t_ori, mask, g))
                 sem = record("SP", _timed(mod.dat.sp, cube))
-                ca = record("SA (stride 1)", _timed(mod.dat._sa, sem))
+                ca = record("SA (stride 1)", _timed(mod.dat.sa, sem))
                 for stride in KV_STRIDES[1:]:
                     record(
                         f"SA (stride {stride})",
-                        _timed(modules[f"SA stride {stride}", t].dat._sa, sem),
+                        _timed(modules[f"SA stride {stride}", t].dat.sa, sem),
                     )
                 record("Proj", _timed(mod.dat.proj, ca + sem[:, : DIMS[t]]))
 

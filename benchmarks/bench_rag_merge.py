@@ -36,7 +36,7 @@ def main() -> None:
     images = [
         generate_scene(i, a.size, object_scale=2.5, density=0.3).image for i in range(a.images)
     ]
-    work = [gen._work_image(im) for im in images]
+    work = [gen.work_image(im) for im in images]
     cuts = [
         felzenszwalb(w, scale=prm["scale"], sigma=prm["sigma"], min_size=prm["min_size"])
         for w in work

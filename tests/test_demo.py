@@ -21,7 +21,9 @@ import torch
 from PIL import Image
 
 from entitwist.cli import main as cli_main
-from entitwist.demo.cli import DATA_GENERATOR, GENERATOR, default_model_name, swap_partners
+from entitwist.demo.cli import default_model_name
+from entitwist.demo.data import DATA_GENERATOR, GENERATOR
+from entitwist.demo.evaluation import swap_partners
 from entitwist.metrics import metric_names
 
 TINY = ["--scenes", "6", "--size", "64", "--epochs", "1", "--model", "entitwist_tiny"]

@@ -153,9 +153,9 @@ def test_array_merge_equals_scikit_image_graph() -> None:
     # the generator's segments are the graph-merged ones
     gen = E.get_generator("felzenszwalb-rag")
     image = generate_scene(7, 128, object_scale=2.5, density=0.3).image
-    fine = felzenszwalb(gen._work_image(image), scale=30, sigma=0.5, min_size=5)
+    fine = felzenszwalb(gen.work_image(image), scale=30, sigma=0.5, min_size=5)
     np.testing.assert_array_equal(
-        gen.segment(gen._work_image(image)), _graph_merge(gen._work_image(image), fine, 40.0)
+        gen.segment(gen.work_image(image)), _graph_merge(gen.work_image(image), fine, 40.0)
     )
 
 
@@ -174,8 +174,8 @@ def test_contrast_stretch_keeps_low_contrast_regions_apart() -> None:
 
     assert best_iou(E.get_generator("felzenszwalb")(hazy)) > 0.9
     plain = E.get_generator("felzenszwalb", stretch=False)
-    np.testing.assert_array_equal(plain._work_image(hazy), hazy)
-    np.testing.assert_array_equal(E.get_generator()._work_image(hazy), stretched)
+    np.testing.assert_array_equal(plain.work_image(hazy), hazy)
+    np.testing.assert_array_equal(E.get_generator().work_image(hazy), stretched)
 
 
 @pytest.mark.parametrize("name", ["felzenszwalb", "felzenszwalb-rag", "slic"])

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from entitwist.app.handlers import DISPLAY_SIDE as DISPLAY_SIDE
 from entitwist.app.handlers import (
     PageHandlers,
     PageOutput,
@@ -35,8 +34,6 @@ from entitwist.app.handlers import (
     SentenceResult,
     colorize_probability,
 )
-from entitwist.app.handlers import Progress as Progress
-from entitwist.app.inputs import TIFF_SUFFIXES as TIFF_SUFFIXES
 from entitwist.app.inputs import UPLOAD_SUFFIXES, PageLimits, Upload, parse_sentences, read_upload
 
 __all__ = [

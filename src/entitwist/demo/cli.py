@@ -39,7 +39,7 @@ Steps (each shows progress; a rerun skips the finished ones, ``--fresh`` redoes 
 Where the code lives: this module holds the command (:data:`DEFAULTS`, :func:`build_parser`,
 :func:`main`); the steps are in :mod:`~entitwist.demo.data` (1, 2),
 :mod:`~entitwist.demo.training` (3) and :mod:`~entitwist.demo.evaluation` (4, 5, with
-:func:`swap_partners`), their progress line and JSON records in
+:func:`~entitwist.demo.evaluation.swap_partners`), their progress line and JSON records in
 :mod:`~entitwist.demo.common`.
 """
 
@@ -52,18 +52,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entitwist.demo.common import STEPS as STEPS
 from entitwist.demo.common import cpu_seconds, write_json
-from entitwist.demo.data import DATA_GENERATOR as DATA_GENERATOR
-from entitwist.demo.data import GENERATOR as GENERATOR
 from entitwist.demo.data import data_step, entities_step
-from entitwist.demo.evaluation import overlays_step, swap_partners, test_step
+from entitwist.demo.evaluation import overlays_step, test_step
 from entitwist.demo.training import train_step
 from entitwist.errors import ConfigError, DataError
 from entitwist.utils.atomic import remove_entries
 from entitwist.utils.cli_parser import OneLineArgumentParser, add_quiet_option
 
-__all__ = ["DEFAULTS", "default_model_name", "main", "swap_partners"]
+__all__ = ["DEFAULTS", "build_parser", "default_model_name", "main"]
 
 # Defaults tuned on the 2-core machine (benchmarks/results/demo.md): uncluttered scenes
 # (density) with large objects, a Dice-heavy loss, warm-up and gradient clipping, which

@@ -55,7 +55,8 @@ class _PartitionGenerator(MaskGenerator):
         """Integer segment ids (h, w) of ``image`` at working resolution, 0..n-1."""
         raise NotImplementedError
 
-    def _work_image(self, image: np.ndarray) -> np.ndarray:
+    def work_image(self, image: np.ndarray) -> np.ndarray:
+        """The copy the segmentation runs on: longest side ``work_size``, contrast-stretched."""
         work = int(self.params["work_size"])
         h, w = image.shape[:2]
         if work > 0 and max(h, w) > work:
@@ -64,7 +65,7 @@ class _PartitionGenerator(MaskGenerator):
         return contrast_stretch(image) if self.params["stretch"] else image
 
     def _full_segments(self, image: np.ndarray) -> np.ndarray:
-        small = self.segment(self._work_image(image))  # (h, w) int
+        small = self.segment(self.work_image(image))  # (h, w) int
         _, inverse = np.unique(small, return_inverse=True)  # contiguous ids 0..n-1
         small = inverse.reshape(small.shape).astype(np.int32)
         return resize_nearest(small, image.shape[:2])  # (H, W) int32

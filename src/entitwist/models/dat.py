@@ -286,26 +286,26 @@ class DAT(nn.Module):
                 )
         self.proj = ProjBlock(dim)
 
-    def _sa(self, x: Tensor) -> Tensor:
-        """CA term computed from x's halves: (B, 2d, H, W) -> (B, d, H, W)."""
+    def sa(self, x: Tensor) -> Tensor:
+        """The SA term (spatial cross-attention) from x's halves: (B, 2d, H, W) -> (B, d, H, W)."""
         return self.spatial(x[:, : self.dim], x[:, self.dim :])
 
     def forward(self, cube: Tensor) -> tuple[Tensor, Tensor]:
         d = self.dim
         if self.order == "sp_sa":
             sem = self.sp(cube)
-            out = self._sa(sem) + sem[:, :d]
+            out = self.sa(sem) + sem[:, :d]
         elif self.order == "sa_sp":
-            x = torch.cat([cube[:, :d] + self._sa(cube), cube[:, d:]], dim=1)
+            x = torch.cat([cube[:, :d] + self.sa(cube), cube[:, d:]], dim=1)
             sem = self.sp(x)
             out = sem[:, :d]
         elif self.order == "parallel":
             sem = self.sp(cube)
-            out = sem[:, :d] + self._sa(cube)
+            out = sem[:, :d] + self.sa(cube)
         elif self.order == "sp":
             sem = self.sp(cube)
             out = sem[:, :d]
         else:  # "sa"
             sem = cube
-            out = self._sa(cube) + cube[:, :d]
+            out = self.sa(cube) + cube[:, :d]
         return self.proj(out), sem
