@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from entitwist.errors import CheckpointError, InputError
-from entitwist.models import enti_twistnet as net_mod
+from entitwist.models import inputs as model_inputs
 from entitwist.models.enti_twistnet import EntiTwistNet
 from entitwist.models.registry import create_model
 
@@ -236,7 +236,7 @@ def test_bad_inputs_raise_one_line_errors(model: EntiTwistNet) -> None:
 
 
 def test_long_text_is_truncated_with_one_warning(model: EntiTwistNet) -> None:
-    net_mod._TEXT_TRUNCATION_WARNED = False
+    model_inputs._TEXT_TRUNCATION_WARNED = False
     image, ids, mask, ent = _inputs(model)
     long_ids = torch.cat([ids, ids[:, 1:6]], dim=1)  # 25 tokens
     long_mask = torch.cat([mask, torch.ones_like(mask[:, :5])], dim=1)
