@@ -46,6 +46,12 @@ DEFAULT_PORT = 7860
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import inspect
+
+    from entitwist.app.inputs import PageLimits
+
+    limits = PageLimits()  # the page's defaults, stated there once
+    examples = inspect.signature(write_examples).parameters["n"].default
     parser = OneLineArgumentParser(
         prog="entitwist app",
         description="Start the local web page: upload an image, type sentences, get masks.",
@@ -71,18 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-upload-mb",
         metavar="N",
         type=float,
-        default=50.0,
-        help="largest upload in MB (default 50)",
+        default=limits.max_upload_mb,
+        help=f"largest upload in MB (default {limits.max_upload_mb:g})",
     )
     parser.add_argument(
         "--max-side",
         metavar="N",
         type=int,
-        default=4096,
-        help="largest image side in pixels (default 4096)",
+        default=limits.max_side,
+        help=f"largest image side in pixels (default {limits.max_side})",
     )
     parser.add_argument(
-        "--max-sentences", metavar="N", type=int, default=8, help="sentences per run (default 8)"
+        "--max-sentences",
+        metavar="N",
+        type=int,
+        default=limits.max_sentences,
+        help=f"sentences per run (default {limits.max_sentences})",
     )
     add_device_option(parser)
     parser.add_argument(
@@ -98,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--examples",
         metavar="N",
         type=int,
-        default=3,
-        help="synthetic example scenes to preload (default 3)",
+        default=examples,
+        help=f"synthetic example scenes to preload (default {examples})",
     )
     parser.add_argument(
         "--allow-remote",

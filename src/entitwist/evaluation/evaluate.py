@@ -32,7 +32,7 @@ from entitwist.utils.cli_parser import (
     add_quiet_option,
 )
 
-__all__ = ["evaluate", "load_model", "main"]
+__all__ = ["build_parser", "evaluate", "evaluate_defaults", "load_model", "main"]
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -123,7 +123,16 @@ def _record(
         row[f"{protocol}_IoU"] = i / u if u else 0.0
 
 
+def evaluate_defaults() -> dict[str, Any]:
+    """The keyword defaults of :func:`evaluate` (the command's defaults too)."""
+    import inspect
+
+    params = inspect.signature(evaluate).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    d = evaluate_defaults()
     p = OneLineArgumentParser(
         prog="entitwist evaluate",
         description="Score a model (save_pretrained folder or .ckpt) on a dataset split "
@@ -142,9 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="comparison size (default both)",
     )
     p.add_argument("--entities", default="auto", help="'auto', a store tag or folder, or 'none'")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
     p.add_argument(
-        "--num-workers", type=int, default=0, help="data loader worker processes (default 0)"
+        "--batch-size",
+        type=int,
+        default=d["batch_size"],
+        help=f"batch size (default {d['batch_size']})",
+    )
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=d["num_workers"],
+        help=f"data loader worker processes (default {d['num_workers']})",
     )
     add_device_option(p)
     p.add_argument("--amp", action="store_true", help="mixed precision on GPU")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from entitwist.errors import ConfigError, InputError
-from entitwist.evaluation.evaluate import load_model
+from entitwist.evaluation.evaluate import evaluate_defaults, load_model
 from entitwist.evaluation.figures.features import dat_pca, stage_maps
 from entitwist.evaluation.figures.ksweep import ksweep_points
 from entitwist.evaluation.figures.model import describe_model, run_single
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", default=None, help="legend labels, one per curve")
     p.add_argument("--protocol", choices=("lavt", "original"), default="lavt")
     p.add_argument("--step", type=float, default=0.01, help="threshold step (default 0.01)")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+    batch = evaluate_defaults()["batch_size"]
+    p.add_argument("--batch-size", type=int, default=batch, help=f"batch size (default {batch})")
     add_quiet_option(p)
     p.add_argument("-o", "--out", required=True, help="output picture (.png, .pdf, .svg)")
 
@@ -295,7 +296,7 @@ def _cmd_stages(args: argparse.Namespace) -> int:
     for row in rows:
         print(
             f"{row['label']}: stages "
-            + ", ".join(f"{m.shape[0]}x{m.shape[1]}" for m in row["maps"])
+            + ", ".join(f"{m.shape[0]}x{m.shape[1]}" for m in row["maps"])  # type: ignore[attr-defined]
         )
     print(f"wrote {result}")
     return 0
