@@ -38,6 +38,7 @@ training batches behave the same.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -149,7 +150,7 @@ class SemanticPropagation(nn.Module):
             x = F.adaptive_avg_pool2d(cube, (s, s))  # (B, 2d, s, s), every position counts
         else:
             x = F.interpolate(cube, size=(s, s), mode="bilinear", align_corners=False)
-        x = self.mixer(self.norm(x.flatten(2)))  # (B, 2d, s*s): channels are the sequence
+        x = self.mixer(self.norm(x.flatten(2)))  # type: ignore[misc]  # (B, 2d, s*s): channels are the sequence
         x = F.interpolate(x.view(b, c, s, s), size=(h, w), mode="bilinear", align_corners=False)
         return cube + x
 
@@ -181,16 +182,24 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(dim, dim)  # W_O
 
     def forward(self, q: Tensor, kv: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """q (B, L, d), kv (B, S, d_kv), key_mask (B, S) (1/True = attend) -> (B, L, d)."""
+        """q (B, L, d), kv (B, S, d_kv), key_mask (B, S) (1/True = attend) -> (B, L, d).
+
+        W_K and W_V run as one matrix product (their weights stacked), and each head's Q, K
+        and V are made contiguous before the fused attention kernel, which then streams
+        one head's keys and values (S x d/h each) instead of rows strided by d.
+        """
         b, n_q, d = q.shape
         n_k = kv.shape[1]
         h = self.heads
-        kv = self.norm_kv(kv)
         qh = self.q(self.norm_q(q)).view(b, n_q, h, d // h).transpose(1, 2)  # (B, h, L, d/h)
-        kh = self.k(kv).view(b, n_k, h, d // h).transpose(1, 2)  # (B, h, S, d/h)
-        vh = self.v(kv).view(b, n_k, h, d // h).transpose(1, 2)  # (B, h, S, d/h)
+        weight = torch.cat([self.k.weight, self.v.weight])  # (2d, d_kv): [W_K; W_V]
+        bias = torch.cat([self.k.bias, self.v.bias])
+        khv = F.linear(self.norm_kv(kv), weight, bias).view(b, n_k, 2, h, d // h)
+        khv = khv.permute(2, 0, 3, 1, 4).contiguous()  # (2, B, h, S, d/h)
         mask = None if key_mask is None else key_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-        y = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)  # (B, h, L, d/h)
+        y = F.scaled_dot_product_attention(
+            qh.contiguous(), khv[0], khv[1], attn_mask=mask
+        )  # (B, h, L, d/h)
         return self.out(y.transpose(1, 2).reshape(b, n_q, d))
 
 
@@ -265,7 +274,7 @@ class DAT(nn.Module):
             )
         self.dim = dim
         self.order = config.dat
-        self.sp = (
+        self.sp: Any = (  # None without SP (see self.order)
             SemanticPropagation(
                 config.scan_size, config.d_state, config.propagation, config.scan_resize
             )
@@ -288,7 +297,7 @@ class DAT(nn.Module):
 
     def sa(self, x: Tensor) -> Tensor:
         """The SA term (spatial cross-attention) from x's halves: (B, 2d, H, W) -> (B, d, H, W)."""
-        return self.spatial(x[:, : self.dim], x[:, self.dim :])
+        return self.spatial(x[:, : self.dim], x[:, self.dim :])  # type: ignore[misc]  # set when SA is on
 
     def forward(self, cube: Tensor) -> tuple[Tensor, Tensor]:
         d = self.dim
