@@ -1,19 +1,25 @@
-"""Large-scene benchmark: peak memory and grid alignment of ``entitwist segment`` on a
-generated 20,000 x 20,000 multi-band uint16 GeoTIFF.
+"""Large-scene benchmark: peak memory, speed and grid alignment of ``entitwist segment`` on
+a generated 20,000 x 20,000 (or ``--size``) multi-band uint16 GeoTIFF.
 
 1. Generate the scene window by window (never in memory at once): tiled 512 x 512,
    deflate-compressed, BigTIFF, EPSG:32616 with a 0.5 m affine transform; smooth terrain,
    bright square roofs and round tanks, sensor noise, a nodata corner.
-2. Save an untrained ``entitwist_tiny`` (output quality is irrelevant here) and run
+2. Save an untrained model (``--model``: ``entitwist_tiny`` by default, or the full-size
+   ``entitwist_swinb_bert`` with random weights; output quality is irrelevant here) and run
    ``entitwist segment`` on the scene in a child process; the child reports its own peak
-   resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and the parent samples
-   the child's RSS with psutil as a cross-check.
+   resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), the time of every
+   network call (whole-scene view, tiles), and the parent samples the child's RSS with
+   psutil as a cross-check. ``--max-tiles N`` refines only N tiles (a full-size model on a
+   CPU takes seconds a tile): the report gives the measured tiles/s and the whole-scene time
+   extrapolated from it, labelled as such.
 3. Check that every output GeoTIFF has the input's CRS, affine transform, width and height
    (pixel-aligned), that nodata pixels are out of the mask, and write a Markdown report.
 
 Usage:
     python benchmarks/bench_large_scene.py                       # 20,000 x 20,000, 4 bands
     python benchmarks/bench_large_scene.py --size 3000 --report - # quick check
+    python benchmarks/bench_large_scene.py --size 10000 --model entitwist_swinb_bert \
+        --tile-size 480 --overlap 32 --max-tiles 6 --entity-generator felzenszwalb
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -104,23 +111,50 @@ def generate_scene(path: Path, size: int, bands: int, seed: int = 0) -> dict:
     return {"objects": int(n_obj), "nodata_corner": nodata_corner}
 
 
-def child(argv: list[str]) -> int:
-    """Run ``entitwist segment`` in this process and print its peak RSS as JSON."""
-    from entitwist.cli import main
+def offline_vocab(work: Path, size: int = 30_522) -> Path:
+    """A BERT-sized ``vocab.txt`` without the network: the package's small vocabulary padded
+    with ``[unusedN]`` entries to BERT-base's 30,522, so the text embedding, and so the
+    parameter count and memory, are those of the paper's model."""
+    from entitwist.models.text import TINY_VOCAB
 
+    tokens = TINY_VOCAB.read_text().splitlines()
+    tokens += [f"[unused{i}]" for i in range(size - len(tokens))]
+    path = work / "bert_sized_vocab.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+def child(argv: list[str]) -> int:
+    """Run ``entitwist segment`` in this process and print its peak RSS and the time of
+    each network call (the whole-scene view: ``output_size="image"``; a tile: the
+    network's own size) as JSON."""
+    from entitwist.cli import main
+    from entitwist.inference.predictor import Predictor
+
+    calls: dict[str, list[float]] = {"view": [], "tile": []}
+    plain = Predictor.predict_probability
+
+    def timed(self, image, sentences, entities="auto", output_size="image"):
+        t = time.perf_counter()
+        out = plain(self, image, sentences, entities=entities, output_size=output_size)
+        calls["view" if output_size == "image" else "tile"].append(time.perf_counter() - t)
+        return out
+
+    Predictor.predict_probability = timed
     start = time.perf_counter()
     rc = main(["segment", *argv])
     seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print("BENCH " + json.dumps({"rc": rc, "seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
+    result = {"rc": rc, "seconds": seconds, "peak_rss_mb": peak_kb / 1024, "calls": calls}
+    print("BENCH " + json.dumps(result))
     return rc
 
 
-def baseline(model_dir: str) -> int:
+def baseline(model_dir: str, generator: str | None = None) -> int:
     """The fixed cost: imports, the loaded network and one forward on a 256 x 256 image."""
     from entitwist.inference.predictor import Predictor
 
-    predictor = Predictor.from_pretrained(model_dir, device="cpu")
+    predictor = Predictor.from_pretrained(model_dir, device="cpu", entity_generator=generator)
     predictor.predict(np.zeros((256, 256, 3), np.uint8), SENTENCE)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print("BENCH " + json.dumps({"rc": 0, "peak_rss_mb": peak_kb / 1024}))
@@ -199,11 +233,14 @@ def main() -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="reuse the scene in --workdir if present"
     )
+    parser.add_argument("--model", default="entitwist_tiny", help="registry name (random weights)")
+    parser.add_argument("--max-tiles", type=int, help="refine at most this many tiles")
+    parser.add_argument("--entity-generator", help="generator for the entity maps")
     parser.add_argument("--report", default=str(REPO / "benchmarks" / "results" / "large_scene.md"))
     if sys.argv[1:2] == ["--child"]:  # the measured process: everything after "--child --"
         return child(sys.argv[3:])
     if sys.argv[1:2] == ["--baseline"]:
-        return baseline(sys.argv[2])
+        return baseline(sys.argv[2], *(sys.argv[3:4] or [None]))
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -228,8 +265,13 @@ def main() -> int:
     import entitwist
 
     torch.manual_seed(0)
-    model_dir = work / "tiny"
-    entitwist.create_model("entitwist_tiny").save_pretrained(model_dir)
+    model_dir = work / args.model
+    overrides = {} if args.model.endswith("tiny") else {"text__vocab": str(offline_vocab(work))}
+    model = entitwist.create_model(args.model, pretrained=False, **overrides)
+    n_params = sum(p.numel() for p in model.parameters())
+    if not (model_dir / "model.safetensors").is_file():
+        model.save_pretrained(model_dir)
+    del model
 
     out = work / "out"
     out.mkdir(exist_ok=True)
@@ -254,7 +296,13 @@ def main() -> int:
         "--max-side",
         str(args.max_side),
     ]
-    base = run_child(["--baseline", str(model_dir)])
+    if args.max_tiles is not None:
+        cli_args += ["--max-tiles", str(args.max_tiles)]
+    if args.entity_generator:
+        cli_args += ["--entity-generator", args.entity_generator]
+    base = run_child(
+        ["--baseline", str(model_dir), *([args.entity_generator] if args.entity_generator else [])]
+    )
     result = run_child(["--child", "--", *cli_args])
     if result["rc"] != 0:
         raise SystemExit(f"segmentation failed (rc {result['rc']})")
@@ -263,6 +311,16 @@ def main() -> int:
     align = check_alignment(
         scene, [out / "mask.tif", out / "probability.tif"], facts["nodata_corner"]
     )
+    found = re.search(r"(\d+)/(\d+) tiles refined(?: \(--max-tiles; (\d+) touch)?", summary)
+    refined, grid, wanted = (
+        (int(found[1]), int(found[2]), int(found[3] or found[1])) if found else (0, 0, 0)
+    )
+    tile_s = result["calls"]["tile"]
+    per_tile = sum(tile_s) / len(tile_s) if tile_s else float("nan")
+    view_s = sum(result["calls"]["view"])
+    rest = result["seconds"] - view_s - sum(tile_s)  # reading, blending, writing, polygons
+    whole = result["seconds"] + (wanted - refined) * per_tile
+    every = result["seconds"] + (grid - refined) * per_tile
 
     shown = " ".join(a if " " not in a else f'"{a}"' for a in cli_args).replace(str(work), "$WORK")
     report = "\n".join(
@@ -279,8 +337,16 @@ def main() -> int:
                 else "reused from an earlier run of this script (--reuse)."
             ),
             "",
-            "Model: `entitwist_tiny`, untrained (output quality is irrelevant to this benchmark), CPU,",
-            "on a shared 2-core machine (absolute times are noisy).",
+            f"Model: `{args.model}` ({n_params / 1e6:.0f} M parameters), random weights (output "
+            "quality is irrelevant to this benchmark), CPU, on a shared 2-core machine (absolute "
+            "times are noisy)"
+            + (f"; entity maps: {args.entity_generator}" if args.entity_generator else "")
+            + (
+                "; text vocabulary: the package's small one padded to BERT-base's 30,522 "
+                "entries (no BERT vocabulary offline; same parameters and compute)."
+                if overrides
+                else "."
+            ),
             "",
             "Command (run by `python benchmarks/bench_large_scene.py` in a child process):",
             "",
@@ -294,6 +360,13 @@ def main() -> int:
             f"| peak RSS (ru_maxrss of the child) | {result['peak_rss_mb']:.0f} MB |",
             f"| peak RSS (psutil samples every 0.25 s) | {sampled_mb:.0f} MB |",
             f"| fixed cost: imports + network + one 256 x 256 prediction | {base['peak_rss_mb']:.0f} MB |",
+            f"| tiles refined (measured) / touching the object / in the grid | {refined} / {wanted} / {grid} |",
+            f"| network call on the whole-scene view (incl. entity map) | {view_s:.1f} s |",
+            f"| network calls on tiles (incl. entity maps) | {sum(tile_s):.1f} s, {per_tile:.2f} s a tile, "
+            f"{1 / per_tile if tile_s else float('nan'):.2f} tiles/s |",
+            f"| everything else (reading the view, tiles, blending, writing {args.size:,}^2 outputs) | {rest:.0f} s |",
+            f"| **extrapolated** whole run, all {wanted} object tiles refined | {whole:.0f} s ({whole / 60:.1f} min) |",
+            f"| **extrapolated** whole run, all {grid} grid tiles refined | {every:.0f} s ({every / 60:.1f} min) |",
             f"| scene-dependent part (peak - fixed cost) | {result['peak_rss_mb'] - base['peak_rss_mb']:.0f} MB |",
             f"| raw scene size | {raw_gb * 1000:.0f} MB ({raw_gb * 1000 / args.bands:.0f} MB a band) |",
             f"| peak RSS / raw size | {result['peak_rss_mb'] / (raw_gb * 1000):.2f} |",

@@ -268,8 +268,26 @@ def test_all_nodata_scene_is_an_error(tmp_path):
         dict(roi_threshold=0.0),
         dict(roi_threshold=1.5),
         dict(roi_margin=-3),
+        dict(max_tiles=-1),
     ],
 )
 def test_bad_tiling_options(kwargs):
     with pytest.raises(InputError):
         TilingOptions(**kwargs).validate()
+
+
+def test_max_tiles_refines_the_first_tiles_and_keeps_the_coarse_result_elsewhere(tmp_path):
+    data = red_scene(300, 260, [(40, 90, 30, 100), (200, 260, 150, 250)])
+    opts = TilingOptions(max_side=64, tile_size=96, overlap=24, block=32, roi_threshold=0.2)
+    full, sink_full, calls_full = run(tmp_path, data, opts, lambda rgb, w: red_probability(rgb))
+    opts.max_tiles = 2
+    cut, sink, calls = run(tmp_path, data, opts, lambda rgb, w: red_probability(rgb))
+    assert cut.tiles_refined == 2 and cut.tiles_wanted == full.tiles_refined > 2
+    assert full.tiles_wanted == full.tiles_refined
+    assert [w for _, w in calls[1:]] == [w for _, w in calls_full[1:3]]  # the first two
+    # rows below the refined tiles: the coarse probability upsampled, as with no tiling
+    opts.mode = "never"
+    _, coarse, _ = run(tmp_path, data, opts, lambda rgb, w: red_probability(rgb))
+    last = max(w.row_off + w.height for _, w in calls[1:])
+    np.testing.assert_array_equal(sink.prob[last:], coarse.prob[last:])
+    assert not np.array_equal(sink.prob[:last], coarse.prob[:last])

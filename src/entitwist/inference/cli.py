@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overlay-max-side", type=int, default=1600, help="longer side of the overlay picture"
     )
+    p.add_argument(
+        "--max-tiles",
+        type=int,
+        help="refine at most this many tiles, the rest keep the coarse result (previews, "
+        "benchmarks)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
     g = p.add_argument_group("many images")
     g.add_argument(
@@ -171,6 +177,7 @@ def _options(args: argparse.Namespace) -> Any:
             overlap=args.overlap,
             mode=args.tiling,
             roi_threshold=args.roi_threshold,
+            max_tiles=args.max_tiles,
         ),
         overlay_max_side=args.overlay_max_side,
     )
@@ -256,6 +263,8 @@ def _single(args: argparse.Namespace) -> int:
             if summary["tiled"]
             else ""
         )
+        if summary["tiles_wanted"] > summary["tiles_refined"]:
+            tiles += f" (--max-tiles; {summary['tiles_wanted']} touch the object)"
         print(
             f"segmented {summary['width']}x{summary['height']} ({summary['crs'] or 'no CRS'}) in "
             f"{summary['seconds']:.1f} s{tiles}: {summary['mask_pixels']} mask pixels ({share:.2f} %)"

@@ -340,6 +340,7 @@ def segment_source(
         "tiled": result.tiled,
         "tiles_refined": result.tiles_refined,
         "tiles_total": result.tiles_total,
+        "tiles_wanted": result.tiles_wanted,
         "seconds": seconds,
         "outputs": [(k, str(p)) for k, p in plan.targets()],
     }

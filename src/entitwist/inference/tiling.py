@@ -68,6 +68,9 @@ class TilingOptions:
         roi_threshold: coarse probability above which a place is refined.
         roi_margin: full-resolution pixels added around the ROI (None: ``overlap``).
         block: rows flushed at a time (the output GeoTIFF's block size).
+        max_tiles: refine at most this many tiles (the first ones in row-major order; the
+            rest keep the coarse probability); None refines all. For previews and
+            benchmarks on bounded time.
     """
 
     max_side: int = 2048
@@ -77,6 +80,7 @@ class TilingOptions:
     roi_threshold: float = 0.3
     roi_margin: int | None = None
     block: int = 256
+    max_tiles: int | None = None
 
     def validate(self) -> None:
         """Raise :class:`InputError` for an option out of range."""
@@ -94,6 +98,8 @@ class TilingOptions:
             raise InputError(
                 f"--roi-threshold {self.roi_threshold:g} must be between 0 and 1 (exclusive)"
             )
+        if self.max_tiles is not None and self.max_tiles < 0:
+            raise InputError(f"--max-tiles {self.max_tiles} is negative; give a count >= 0")
         if self.roi_margin is not None and self.roi_margin < 0:
             raise InputError(f"--roi-margin {self.roi_margin} is negative; give pixels >= 0")
 
@@ -110,6 +116,8 @@ class SceneResult:
         tiles_total: tiles in the full grid (0 when not tiled).
         tiles_refined: tiles actually segmented.
         tiled: whether the refinement stage ran.
+        tiles_wanted: tiles touching the region of interest (``tiles_refined`` unless
+            ``max_tiles`` cut them short).
     """
 
     overview_rgb: np.ndarray
@@ -119,6 +127,7 @@ class SceneResult:
     tiles_total: int
     tiles_refined: int
     tiled: bool
+    tiles_wanted: int = 0
 
 
 @dataclass
@@ -302,6 +311,9 @@ def segment_scene(
             cc, d = c // factor, math.ceil((c + tw) / factor)
             if roi[a:b, cc:d].any():
                 tiles.append((r, c, th, tw))
+    wanted = len(tiles)
+    if opts.max_tiles is not None:
+        tiles = tiles[: opts.max_tiles]
 
     block = opts.block
     done: list[_TileResult] = []  # tiles whose rows are not all flushed yet
@@ -372,4 +384,5 @@ def segment_scene(
         tiles_total=total,
         tiles_refined=len(tiles),
         tiled=tiled,
+        tiles_wanted=wanted,
     )
