@@ -187,7 +187,7 @@ class ImagingConfig:
         bands = None if self.bands is None else ",".join(str(int(b)) for b in self.bands)
         stretch = self.stretch
         if isinstance(stretch, (tuple, list)):
-            stretch = tuple(float(v) for v in stretch)
+            stretch = tuple(float(v) for v in stretch)  # type: ignore[assignment]  # checked by read_image
         return {"bands": bands, "stretch": stretch}
 
 

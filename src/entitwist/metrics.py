@@ -165,9 +165,9 @@ class ReferringMetrics(Metric):
 
     def per_expression(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The (I, U) counts of every expression seen, (E,) int64 each (duplicates dropped)."""
-        inter = _cat_state(self.intersection)
-        union = _cat_state(self.union)
-        index = _cat_state(self.index)
+        inter = _cat_state(self.intersection)  # type: ignore[arg-type]  # add_state lists
+        union = _cat_state(self.union)  # type: ignore[arg-type]
+        index = _cat_state(self.index)  # type: ignore[arg-type]
         if inter is None or union is None:
             empty = torch.zeros(0, dtype=torch.int64, device=self.device)
             return empty, empty

@@ -185,6 +185,6 @@ def build_app(
                     probabilities.render()
                 downloads.render()
         button.click(run, inputs=[upload, sentences], outputs=outputs, api_name="segment")
-        sentences.submit(run, inputs=[upload, sentences], outputs=outputs, api_name=False)
-        upload.upload(handlers.preview, inputs=upload, outputs=[preview, status], api_name=False)
+        sentences.submit(run, inputs=[upload, sentences], outputs=outputs, api_name=False)  # type: ignore[arg-type]  # False: no API endpoint
+        upload.upload(handlers.preview, inputs=upload, outputs=[preview, status], api_name=False)  # type: ignore[arg-type]
     return page

@@ -189,7 +189,7 @@ def _check_rrsisd(layout: Layout, root: Path, report: CheckReport) -> None:
     off = 0
     for image_id in sorted(used):
         im = images.get(image_id)
-        path = None if im is None else folder / im["file_name"]
+        path = None if im is None else folder / im["file_name"]  # type: ignore[assignment]
         if im is None or path is None or not path.is_file():
             continue
         size = _size(path, None)

@@ -233,7 +233,7 @@ def write_dataset(
         raise InputError(f"object_scale={object_scale} is out of range; use a value in [0.5, 2.5]")
     if not 0.0 < float(density) <= 1.0:
         raise InputError(f"density={density} is out of range; use a value in (0, 1]")
-    splits = tuple(float(v) for v in splits)
+    splits = tuple(float(v) for v in splits)  # type: ignore[assignment]
     if len(splits) != 3 or min(splits) < 0 or abs(sum(splits) - 1) > 1e-6:
         raise InputError(
             f"splits={splits} must be three non-negative fractions (train, val, test) summing to 1"

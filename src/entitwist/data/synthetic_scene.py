@@ -121,7 +121,9 @@ def _noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
 
     gh, gw = max(2, int(h / max(cell, 1.0)) + 2), max(2, int(w / max(cell, 1.0)) + 2)
     grid = rng.standard_normal((gh, gw)).astype(np.float32)
-    return np.asarray(Image.fromarray(grid).resize((w, h), Image.BILINEAR), dtype=np.float32)
+    return np.asarray(
+        Image.fromarray(grid).resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32
+    )
 
 
 def _rect(

@@ -149,7 +149,8 @@ def test_step(
     if have:
         records = [
             dataclasses.replace(
-                dataset.records[i], expression=dataset.records[partners[i]].expression
+                dataset.records[i],
+                expression=dataset.records[partners[i]].expression,  # type: ignore[index]
             )
             for i in have
         ]
@@ -176,7 +177,8 @@ def test_step(
         metric = ReferringMetrics(protocol="lavt")
         for i in have:
             metric.update(
-                swapped_preds[i].argmax(0).bool()[None], targets[partners[i]][0].bool()[None]
+                swapped_preds[i].argmax(0).bool()[None],
+                targets[partners[i]][0].bool()[None],  # type: ignore[index]
             )
         swap["swapped_vs_partner_target_mIoU"] = float(metric.compute()["mIoU"])
         print(
@@ -228,8 +230,8 @@ def scores_by_type(
         if kind is None:
             continue
         inter, union = intersection_union(logits.argmax(0)[None], mask_s[None])
-        inter, union = int(inter[0]), int(union[0])
-        groups.setdefault(str(kind), []).append(inter / union if union else 0.0)
+        i_px, u_px = int(inter[0]), int(union[0])
+        groups.setdefault(str(kind), []).append(i_px / u_px if u_px else 0.0)
     return {k: {"mIoU": 100.0 * sum(v) / len(v), "n": len(v)} for k, v in sorted(groups.items())}
 
 

@@ -40,7 +40,9 @@ FULL: dict[str, Any] = {
 
 
 def _row(table: str, label: str, dataset: str, change: dict[str, Any], values: tuple) -> PaperRow:
-    metrics = _M if len(values) == 7 else ("Pr@0.5", "Pr@0.7", "Pr@0.9", "oIoU", "mIoU")
+    metrics: tuple[str, ...] = (
+        _M if len(values) == 7 else ("Pr@0.5", "Pr@0.7", "Pr@0.9", "oIoU", "mIoU")
+    )
     if len(values) == 4:  # Table IV prints Pr@0.5, Pr@0.7, Pr@0.9, mIoU
         metrics = ("Pr@0.5", "Pr@0.7", "Pr@0.9", "mIoU")
     return PaperRow(table, label, dataset, {**FULL, **change}, dict(zip(metrics, values)))

@@ -144,7 +144,7 @@ def _figure(key: str, runs: list[Run], out: Path) -> tuple[list[str], Path | Non
     fixed = {k: v for k, v in FULL.items() if k not in (field, "text.kind")}
     points: dict[str, dict[Any, float]] = {}
     for dataset in sorted({r.dataset for r in runs}):
-        chosen = {}
+        chosen: dict[Any, Any] = {}
         for run in runs:
             if _matches(run, dataset, fixed) and "mIoU" in run.metrics:
                 value = run.settings.get(field)

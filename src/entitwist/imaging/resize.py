@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
@@ -62,6 +62,10 @@ def nearest_index(n_in: int, n_out: int) -> np.ndarray:
     return _index(int(n_in), int(n_out))
 
 
+@overload
+def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray: ...
+@overload
+def resize_nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor: ...
 def resize_nearest(
     labels: np.ndarray | torch.Tensor, size: tuple[int, int]
 ) -> np.ndarray | torch.Tensor:  # (..., h, w)

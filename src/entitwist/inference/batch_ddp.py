@@ -43,7 +43,10 @@ class BatchDataModule(lightning.LightningDataModule):
         trainer = self.trainer
         rank, world = (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
         return torch.utils.data.DataLoader(
-            self.rank_chunks(rank, world), batch_size=1, collate_fn=_first, shuffle=False
+            self.rank_chunks(rank, world),  # type: ignore[arg-type]  # a list is a map-style dataset
+            batch_size=1,
+            collate_fn=_first,
+            shuffle=False,
         )
 
 
@@ -91,7 +94,9 @@ def check_devices(devices: int, num_nodes: int, accelerator: str) -> None:
                 f"--devices {devices} but this machine has {have} GPU(s); use --devices {max(1, have)}"
             )
         return
-    have = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    have = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     if devices > (have or 1):
         raise InputError(
             f"--devices {devices} but this machine has {have} processor(s); "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -23,7 +24,7 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
     except (TypeError, OSError, ImportError):  # pragma: no cover - old Pillow or no FreeType
@@ -79,7 +80,7 @@ def render_overlay(
 
 
 def save_overlay(
-    path: str | os.PathLike, rgb: np.ndarray, mask: np.ndarray, sentence: str, **kwargs: object
+    path: str | os.PathLike, rgb: np.ndarray, mask: np.ndarray, sentence: str, **kwargs: Any
 ) -> None:
     """Render (see :func:`render_overlay`) and save as PNG."""
     render_overlay(rgb, mask, sentence, **kwargs).save(path, format="PNG", optimize=True)

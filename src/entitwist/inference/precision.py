@@ -193,5 +193,5 @@ def apply_precision(
         return PrecisionPlan(quantized, name, dev, per_sample=quantized is not model)
     if name == "compile":
         compiled = torch.compile(model, options={"freezing": True})
-        return PrecisionPlan(compiled, name, dev)
+        return PrecisionPlan(compiled, name, dev)  # type: ignore[arg-type]  # a compiled Module
     return PrecisionPlan(model, name, dev)

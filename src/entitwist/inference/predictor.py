@@ -150,7 +150,7 @@ class Predictor:
 
         self.device = resolve_device(device)
         self._plan = apply_precision(model.to(self.device).eval(), precision, self.device)
-        self.model = self._plan.model
+        self.model: Any = self._plan.model  # an EntiTwistNet-like module (config, tokenizer)
         self.precision = self._plan.name
         if sam_checkpoint is not None and not Path(sam_checkpoint).is_file():
             raise InputError(
@@ -364,7 +364,7 @@ class Predictor:
                 label map (H, W) with values 0..K.
         """
         single = isinstance(sentences, str)
-        sentence_list = [sentences] if single else list(sentences)
+        sentence_list = [sentences] if isinstance(sentences, str) else list(sentences)
         image = _as_image(image, self.read_options)
         probs = self.predict_probability(image, sentence_list, entities)  # (B, H, W)
         preds = [
@@ -413,7 +413,7 @@ class Predictor:
             if any(m is None for m in maps) and not all(m is None for m in maps):
                 raise InputError("give entity maps for all images of a call or for none")
             tokens = self.model.tokenizer(list(sentences[i : i + self.batch_size]))
-            ent_batch = None if maps[0] is None else torch.cat(maps).to(self.device)
+            ent_batch = None if maps[0] is None else torch.cat(maps).to(self.device)  # type: ignore[arg-type]
             logits = self._plan(
                 torch.cat(xs).to(self.device),
                 tokens["input_ids"].to(self.device),

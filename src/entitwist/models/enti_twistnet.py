@@ -130,7 +130,7 @@ class EntiTwistNet(
                     "feature_dim (entitwist.models.decoder.Decoder); set it to 0 for this decoder"
                 )
             self.entity_head = EntityHead(
-                self.decoder.feature_dim,
+                self.decoder.feature_dim,  # type: ignore[arg-type]
                 self.text.hidden_size,
                 d.entity_head_dim,
                 d.entity_head_layers,
@@ -155,7 +155,7 @@ class EntiTwistNet(
         ``**config.imaging.read_options()``) first.
         """
         size = int(self.config.visual.img_size)
-        x = prepare_image(image, (size, size), self.pixel_mean, self.pixel_std)
+        x = prepare_image(image, (size, size), self.pixel_mean, self.pixel_std)  # type: ignore[arg-type]
         return x[None] if x.dim() == 3 else x
 
     # ------------------------------------------------------------------ tokenizer
@@ -196,7 +196,7 @@ class EntiTwistNet(
         if have_entities:
             from entitwist.models.seg import EntityAreaCache
 
-            areas = EntityAreaCache(entities, num_entities)  # each grid size counted once
+            areas = EntityAreaCache(entities, num_entities)  # type: ignore[arg-type]  # each grid size counted once
         outs: list[Tensor] = []
         stages: list[dict[str, Tensor]] = []
         for t, fusion in enumerate(self.fusions):
@@ -204,7 +204,7 @@ class EntiTwistNet(
             f_in = nhwc_to_nchw(x)  # (B, d_t, h_t, w_t)
             area = None
             if use_entities:
-                area = areas(tuple(f_in.shape[-2:])).to(f_in.dtype)  # (B, K, h_t, w_t)
+                area = areas(tuple(f_in.shape[-2:])).to(f_in.dtype)  # type: ignore[misc, arg-type]  # (B, K, h_t, w_t)
             f_out, extras = fusion(f_in, t_ori, text_mask, area)  # (B, d_t, h_t, w_t)
             outs.append(f_out)
             if return_intermediates:
@@ -219,7 +219,7 @@ class EntiTwistNet(
             if have_entities:
                 from entitwist.models.entity_head import entity_logit_map
 
-                area = areas(tuple(feats.shape[-2:])).to(feats.dtype)  # (B, K, H/4, W/4)
+                area = areas(tuple(feats.shape[-2:])).to(feats.dtype)  # type: ignore[misc, arg-type]  # (B, K, H/4, W/4)
                 fg = logits.softmax(dim=1)[:, 1]  # the pixel decoder's evidence, (B, H/4, W/4)
                 scores = self.entity_head(feats, area, t_ori, text_mask, fg)  # (B, K)
                 bias = entity_logit_map(scores, area)  # (B, H/4, W/4)

@@ -59,8 +59,8 @@ class FusionStage(nn.Module):
         else:
             self.cube = TriModalCube(dim, text_dim, n_tokens)
             self.dat = DAT(dim, config, stage_index)
-            self.attention = None
-            self.proj = None
+            self.attention = None  # type: ignore[assignment]
+            self.proj = None  # type: ignore[assignment]
 
     def forward(
         self, f_in: Tensor, t_ori: Tensor, text_mask: Tensor, entity_area: Tensor | None = None
@@ -74,7 +74,7 @@ class FusionStage(nn.Module):
             ca = self.attention(q, t_ori, key_mask=text_mask)  # (B, HW, d)
             f_out = self.proj(ca.transpose(1, 2).reshape(b, d, h, w) + x)
             return f_out, {}
-        cube = self.cube(f_in, t_ori, text_mask, g)  # (B, 2d, H, W)
+        cube = self.cube(f_in, t_ori, text_mask, g)  # type: ignore[misc]  # (B, 2d, H, W)
         f_out, sem = self.dat(cube)
         return f_out, {"cube": cube, "sem": sem}
 

@@ -270,10 +270,10 @@ def get_config(name: str, pretrained: bool = True, **overrides: Any) -> ModelCon
             and config.text.vocab is None
             and _is_dir(config.text.pretrained)
         ):
-            base["text__vocab"] = config.text.pretrained  # keep the local tokenizer
+            base["text__vocab"] = config.text.pretrained  # type: ignore[assignment]  # the local tokenizer
         if config.text.pretrained is not None and not config.text.hf_config:
             if _is_dir(config.text.pretrained):
-                base["text__hf_config"] = _read_hf_config(config.text.pretrained)
+                base["text__hf_config"] = _read_hf_config(config.text.pretrained)  # type: ignore[assignment]
             else:
                 raise ConfigError(
                     f"model {name!r} ships no text config to build random weights from"

@@ -318,8 +318,8 @@ class TextEncoder(nn.Module):
                 from transformers import BertModel
 
                 self.model = BertModel(hf, add_pooling_layer=False)
-        self.hidden_size = int(self.model.config.hidden_size)
-        self.max_positions = int(self.model.config.max_position_embeddings)
+        self.hidden_size = int(self.model.config.hidden_size)  # type: ignore[arg-type]
+        self.max_positions = int(self.model.config.max_position_embeddings)  # type: ignore[arg-type]
         if config.max_tokens > self.max_positions:
             raise ConfigError(
                 f"text.max_tokens={config.max_tokens} exceeds the encoder's {self.max_positions} "

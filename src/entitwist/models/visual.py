@@ -16,6 +16,7 @@ as timm does.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,7 +80,7 @@ def create_swin(config: VisualConfig) -> nn.Module:
     """
     import timm
 
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         img_size=config.img_size,
         embed_dim=config.embed_dim,
         depths=tuple(config.depths),
@@ -146,7 +147,7 @@ class SwinEncoder(nn.Module):
                 raise ConfigError("SwinEncoder needs a VisualConfig or a timm Swin model")
             swin = create_swin(config)
         self.patch_embed = swin.patch_embed
-        self.layers = swin.layers
+        self.layers: nn.Sequential = swin.layers  # type: ignore[assignment]
         self.stage_dims = tuple(int(info["num_chs"]) for info in swin.feature_info)
         self.reductions = tuple(int(info["reduction"]) for info in swin.feature_info)
         self.position_embedding = config.position_embedding if config is not None else "none"

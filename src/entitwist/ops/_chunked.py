@@ -174,7 +174,7 @@ class _ChunkedScan(torch.autograd.Function):
             y[:, t0:t1] = _contract_n(states, _slice(C, c_varies, t0, t1), c_varies)
             h = states[:, -1]
         ctx.save_for_backward(u_t, delta_t, A, B, C, starts)
-        ctx.b_varies, ctx.c_varies, ctx.bounds = b_varies, c_varies, bounds
+        ctx.b_varies, ctx.c_varies, ctx.bounds = b_varies, c_varies, bounds  # type: ignore[attr-defined]
         y = y.reshape(batch, length, G * H).transpose(1, 2).contiguous()  # (b, D, L)
         return y, h.clone()
 

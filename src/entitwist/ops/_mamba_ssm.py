@@ -80,9 +80,9 @@ def kernel_refusal(
         want = torch.float32 if t.dim() == 2 else u.dtype
         if t.dtype != want:
             return f"{name} is {t.dtype}; the kernel takes {want} for this form"
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and t.dtype != torch.float32:
-            return f"{name} is {t.dtype}; the kernel takes float32"
+    for name, opt in (("D", D), ("delta_bias", delta_bias)):
+        if opt is not None and opt.dtype != torch.float32:
+            return f"{name} is {opt.dtype}; the kernel takes float32"
     groups = B.shape[1] if B.dim() == 4 else 1
     if C.dim() >= 3 and (C.shape[1] if C.dim() == 4 else 1) != groups:
         return "C's groups differ from B's (a fixed B counts as one group)"

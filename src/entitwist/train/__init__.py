@@ -51,7 +51,8 @@ def train(config: dict[str, Any], *, test: bool = True) -> dict[str, Any]:
     best = getattr(ckpt_cb, "best_model_path", "") or None
     last = getattr(ckpt_cb, "last_model_path", "") or None
     export = next(
-        (cb.exported for cb in trainer.callbacks if isinstance(cb, ExportBestCallback)), None
+        (cb.exported for cb in trainer.callbacks if isinstance(cb, ExportBestCallback)),  # type: ignore[attr-defined]
+        None,
     )
     result: dict[str, Any] = {
         "best_checkpoint": best,

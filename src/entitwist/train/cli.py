@@ -70,7 +70,7 @@ def _signature_defaults(cls: type) -> dict[str, Any]:
     """The keyword defaults of ``cls.__init__`` (the one place they are stated)."""
     import inspect
 
-    params = inspect.signature(cls.__init__).parameters.values()
+    params = inspect.signature(cls.__init__).parameters.values()  # type: ignore[misc]
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
@@ -254,7 +254,7 @@ class EntiTwistCLI(LightningCLI):
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
             return
-        for cb in self.trainer.callbacks:
+        for cb in self.trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(cb, ExportBestCallback) and cb.exported is not None:
                 how = (
                     f"best {cb.info.get('monitor')} on the validation split"

@@ -330,7 +330,7 @@ class EntiTwistModule(LightningModule):
             "lower the learning rate, check those samples, or use precision 32"
         )
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> dict[str, Any]:  # type: ignore[override]
         from entitwist.train.optim import build_optimizer, build_poly_scheduler
 
         optimizer = build_optimizer(self.model, lr=self.lr, weight_decay=self.weight_decay)
@@ -355,7 +355,7 @@ class EntiTwistModule(LightningModule):
         trainer = self.trainer
         if trainer.max_steps is not None and trainer.max_steps > 0:
             return trainer.max_steps
-        dm = trainer.datamodule
+        dm = trainer.datamodule  # type: ignore[attr-defined]
         if (
             dm is None
             or not hasattr(dm, "train_steps_per_epoch")
@@ -384,7 +384,7 @@ class EntiTwistModule(LightningModule):
         metrics["lavt"].update(logits.argmax(dim=1).bool(), target.bool())
         for i, mask in enumerate(batch.get("mask_orig") or []):
             mask = torch.as_tensor(mask, device=logits.device).bool()  # (H, W)
-            pred = upsample_to_original(logits[i : i + 1].float(), tuple(mask.shape))  # (1, H, W)
+            pred = upsample_to_original(logits[i : i + 1].float(), tuple(mask.shape))  # type: ignore[arg-type]  # (1, H, W)
             metrics["original"].update(pred, mask[None])
         self.log(
             f"{stage}/loss",
@@ -444,7 +444,7 @@ class EntiTwistModule(LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.model.config.to_dict()
-        np_state = np.random.get_state()  # noqa: NPY002 (the global stream libraries draw from)
+        np_state: Any = np.random.get_state()  # noqa: NPY002 (the global stream libraries draw from)
         states: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "numpy": [
