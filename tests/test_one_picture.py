@@ -41,6 +41,20 @@ def scene() -> np.ndarray:
     return data
 
 
+@pytest.fixture(autouse=True)
+def exact_precision(monkeypatch):
+    """Inference in fp32 (the default on a CPU may be int8, within 0.05 of it): these tests
+    are about the picture, so the network must compute exactly as in training."""
+    from entitwist.inference import precision
+
+    original = precision.apply_precision
+    monkeypatch.setattr(
+        precision,
+        "apply_precision",
+        lambda model, p="auto", device="cpu": original(model, "32", device),
+    )
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from rasterio.transform import from_origin
@@ -144,8 +158,9 @@ def test_training_predictor_and_segment_give_one_probability(world, monkeypatch)
     valid = np.isfinite(seg_prob)
     assert valid.sum() == H * W - 4 * 6  # the nodata corner only
 
-    np.testing.assert_allclose(pred.probability, train_prob, atol=1e-3, rtol=0)
-    np.testing.assert_allclose(seg_prob[valid], train_prob[valid], atol=1e-3, rtol=0)
+    assert predictor.precision == "32"
+    np.testing.assert_allclose(pred.probability, train_prob, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(seg_prob[valid], train_prob[valid], atol=1e-5, rtol=0)
     # not a vacuous match: the probability varies over the scene
     assert train_prob.max() - train_prob.min() > 1e-3
 
