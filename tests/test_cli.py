@@ -184,3 +184,24 @@ def test_fork_only_while_torch_is_not_loaded(monkeypatch) -> None:
     monkeypatch.delitem(sys.modules, "torch")
     expected = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     assert start_method() == expected
+
+
+def test_check_config_follows_the_module_and_datamodule_defaults(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("lightning")
+    from entitwist.errors import ConfigError, DataError
+    from entitwist.train.cli import check_config
+    from entitwist.train.datamodule import ReferringDataModule
+    from entitwist.train.module import EntiTwistModule
+
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    with pytest.raises(DataError, match="dataset root 'data' does not exist"):
+        check_config({"model": {}, "data": {}})
+    # a default changed in the signature is the default check_config uses: stated once
+    monkeypatch.setattr(ReferringDataModule.__init__, "__defaults__", ("jsonl", "elsewhere"))
+    with pytest.raises(DataError, match="dataset root 'elsewhere' does not exist"):
+        check_config({"model": {}, "data": {}})
+    defaults = list(EntiTwistModule.__init__.__defaults__)
+    defaults[0] = "no_such_model"  # model_name
+    monkeypatch.setattr(EntiTwistModule.__init__, "__defaults__", tuple(defaults))
+    with pytest.raises(ConfigError, match="no_such_model"):
+        check_config({"model": {}, "data": {}})
