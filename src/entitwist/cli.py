@@ -4,6 +4,13 @@ Each subcommand lives beside the code it drives and exposes ``main(argv) -> int`
 imported only when called, so ``entitwist segment`` does not import Lightning and
 ``entitwist fit`` does not import rasterio. Errors a user can fix
 (:class:`entitwist.errors.EntitwistError`) print one line and exit with status 2.
+
+Every subcommand parses its options with one parser class,
+:class:`entitwist.utils.cli_parser.OneLineArgumentParser` (``fit``, ``validate``, ``test`` and
+``predict``: LightningCLI's parser, whose errors are folded into one line the same way), so a
+bad option is one ``entitwist: error: ...; see 'entitwist <command> --help'`` line and exit
+status 2 everywhere. The options shared by several commands have one spelling and one help
+text: ``-m/--model`` (the model a command loads), ``--device`` and ``-q/--quiet``.
 """
 
 from __future__ import annotations

@@ -216,7 +216,7 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run ``entitwist app``; user errors raise :class:`EntitwistError` (exit 2 via the dispatcher)."""
     args = build_parser().parse_args(argv)
     check_host(args.host, args.allow_remote)
