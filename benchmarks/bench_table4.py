@@ -16,6 +16,8 @@ The four networks share one Swin and one BERT (injected), so memory stays at one
 
     python benchmarks/bench_table4.py                 # the table, written to results/table4.md
     python benchmarks/bench_table4.py --small         # a tiny dry run (seconds)
+    python benchmarks/bench_table4.py --only "full (SEG + DAT)" --no-macs --no-write
+                                                      # the full/baseline time ratio alone
 """
 
 from __future__ import annotations
@@ -119,7 +121,10 @@ def operator_macs(run: Callable[[], object]) -> int:
     return counter.get_total_flops() // 2
 
 
-def build(small: bool, kv_stride: tuple[int, ...] | None) -> tuple[dict[str, EntiTwistNet], int]:
+def build(
+    small: bool, kv_stride: tuple[int, ...] | None, only: list[str] | None = None
+) -> tuple[dict[str, EntiTwistNet], int]:
+    """The variants (all, or the baseline and ``only``) sharing one Swin and one BERT."""
     name = "entitwist_tiny" if small else "entitwist_swinb_bert"
     base = get_config(name, pretrained=False)
     if kv_stride is not None:
@@ -128,7 +133,7 @@ def build(small: bool, kv_stride: tuple[int, ...] | None) -> tuple[dict[str, Ent
     first = EntiTwistNet(base.replace(**VARIANTS["full (SEG + DAT)"]))
     models = {"full (SEG + DAT)": first}
     for label, overrides in VARIANTS.items():
-        if label in models:
+        if label in models or (only is not None and label not in only + ["baseline"]):
             continue
         cfg = base.replace(**overrides)
         models[label] = EntiTwistNet(cfg, visual=first.visual, text=first.text)
@@ -145,11 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "table4.md"))
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=None,
+        help="time these variants and the baseline only",
+    )
+    parser.add_argument("--no-macs", action="store_true", help="skip the MAC counts (timing only)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    models, size = build(args.small, tuple(args.kv_stride) if args.kv_stride else None)
+    models, size = build(args.small, tuple(args.kv_stride) if args.kv_stride else None, args.only)
+    if args.only is not None and "full (SEG + DAT)" not in args.only:
+        del models["full (SEG + DAT)"]  # it only lent its encoders
     torch.manual_seed(0)
     image = torch.randn(1, 3, size, size)
     text = models["baseline"].tokenizer if args.small else None
@@ -173,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for label, m in models.items():
         n_params = sum(p.numel() for p in m.parameters())
+        if args.no_macs:
+            rows[label] = {"params": n_params, "hook": 0, "parts": {}, "ops": 0}
+            continue
         total, parts = hook_macs(m, runner(label))
         rows[label] = {
             "params": n_params,
@@ -213,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/bench_table4.py" + (" --small" if args.small else "")
     if args.kv_stride:
         command += " --kv-stride " + " ".join(map(str, args.kv_stride))
+    if args.only:
+        command += " --only " + " ".join(f'"{label}"' for label in args.only)
+    if args.no_macs:
+        command += " --no-macs"
     cfg = models["full (SEG + DAT)"].config
     lines = [
         "# Table IV, measured" + (" (--small dry run)" if args.small else ""),
@@ -228,17 +250,24 @@ def main(argv: list[str] | None = None) -> int:
     for label in labels:
         r = rows[label]
         pg, pr = PAPER[label]
+        hook, ops = (
+            ("-", "-") if args.no_macs else (f"{r['hook'] / 1e9:.2f}", f"{r['ops'] / 1e9:.2f}")
+        )
         lines.append(
-            f"| {label} | {r['params'] / 1e6:.2f} | {r['hook'] / 1e9:.2f} | {r['ops'] / 1e9:.2f} | "
+            f"| {label} | {r['params'] / 1e6:.2f} | {hook} | {ops} | "
             f"{r['time']:.2f} | {r['ratio']:.2f} | {pg if pg is not None else '-'} | {pr if pr is not None else '-'} |"
         )
     lines += [
         "",
         "Hook MACs by part (G): "
-        + "; ".join(
-            f"{label}: "
-            + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in sorted(rows[label]["parts"].items()))
-            for label in labels
+        + (
+            "not counted (--no-macs)"
+            if args.no_macs
+            else "; ".join(
+                f"{label}: "
+                + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in sorted(rows[label]["parts"].items()))
+                for label in labels
+            )
         ),
         "",
         "Hook MACs count Conv1d/Conv2d/Linear (and MultiheadAttention, none used) as ptflops does; the "
