@@ -253,3 +253,21 @@ def test_missing_and_corrupt_files(tmp_path, tiff_reader):
     (tmp_path / "t.png").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataError, match="cannot read"):
         read_image(tmp_path / "t.png")
+
+
+def test_images_beyond_pil_limit(tmp_path, monkeypatch):
+    """PIL refuses giant plain images in one line; segment reads them through GDAL windows
+    (a PNG decodes to the same values)."""
+    from entitwist.inference.raster import RasterSource, gdal_env
+
+    a = RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DataError, match=r"big\.png.*convert it to a tiled GeoTIFF"):
+        read_image(tmp_path / "big.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with gdal_env(), RasterSource(tmp_path / "big.png") as src:
+            data, valid = src.read_raw()
+            src.set_stretch_from(data, valid)
+            np.testing.assert_array_equal(src.to_rgb(data, valid), a)

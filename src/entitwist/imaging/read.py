@@ -98,6 +98,11 @@ def read_array(
                 arr = np.asarray(im)
     except PermissionError as exc:
         raise DataError(f"cannot read {path}: permission denied; make the file readable") from exc
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"cannot read {path}: {str(exc).split('.')[0]}; crop or tile it, or convert it to a "
+            "tiled GeoTIFF (entitwist segment reads those window by window)"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if path.suffix.lower() in TIFF_SUFFIXES:
             return _read_tiff(path, exc)[0]

@@ -129,12 +129,20 @@ class RasterSource:
                 "not an image: re-export or re-download it"
             ) from None
         try:
-            if self.path.suffix.lower() not in TIFF_SUFFIXES:
+            if self.path.suffix.lower() not in TIFF_SUFFIXES and not self._too_large_for_pil():
                 self._decode_with_pil()
             self._init_checks(bands, stretch, nodata)
         except BaseException:
             self.close()
             raise
+
+    def _too_large_for_pil(self) -> bool:
+        """A plain image beyond PIL's decompression limit is read by GDAL window by window
+        (the same values for PNG; JPEG may differ by a few grey levels from PIL's decoder)."""
+        from PIL import Image
+
+        limit = Image.MAX_IMAGE_PIXELS
+        return limit is not None and self.ds.width * self.ds.height > limit
 
     def _decode_with_pil(self) -> None:
         """Replace the GDAL dataset of a plain image by PIL's pixels (the datasets' decoder),
