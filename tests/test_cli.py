@@ -205,3 +205,12 @@ def test_check_config_follows_the_module_and_datamodule_defaults(tmp_path, monke
     monkeypatch.setattr(EntiTwistModule.__init__, "__defaults__", tuple(defaults))
     with pytest.raises(ConfigError, match="no_such_model"):
         check_config({"model": {}, "data": {}})
+
+
+@pytest.mark.parametrize(
+    "module", ["entitwist.entities.cli", "entitwist.inference.cli", "entitwist.app.server"]
+)
+def test_sam_weights_have_one_spelling(module: str) -> None:
+    parser = _parser(module)
+    assert _option(parser, "--sam-checkpoint") is not None
+    assert _option(parser, "--checkpoint") is None

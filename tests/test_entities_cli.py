@@ -210,12 +210,12 @@ def test_bad_input_is_one_line_and_exit_2(
         [str(root), "--generator", "sam2"], capsys
     )
     err = run_error(
-        [str(root), "--generator", "sam", "--checkpoint", str(tmp_path / "no.pth")], capsys
+        [str(root), "--generator", "sam", "--sam-checkpoint", str(tmp_path / "no.pth")], capsys
     )
     assert "SAM checkpoint" in err and "not found" in err
     assert "needs a checkpoint" in run_error([str(root), "--generator", "sam"], capsys)
     assert "1..255" in run_error([str(root), "--max-entities", "300"], capsys)
-    assert "does not apply" in run_error([str(root), "--checkpoint", "x.pth"], capsys)
+    assert "does not apply" in run_error([str(root), "--sam-checkpoint", "x.pth"], capsys)
     assert "unknown parameter" in run_error([str(root), "--param", "colour=3"], capsys)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the store root should be")
@@ -240,12 +240,12 @@ def test_store_of_another_checkpoint_is_not_mixed(
     second.write_bytes(b"weights two")
     gen = E.get_generator("sam", checkpoint=first)
     E.EntityStore(E.default_store_dir(root, gen), generator=gen)  # a store made with one.pth
-    err = run_error([str(root), "--generator", "sam", "--checkpoint", str(second)], capsys)
+    err = run_error([str(root), "--generator", "sam", "--sam-checkpoint", str(second)], capsys)
     assert "other settings (checkpoint_sha256" in err
     with pytest.raises(
         CheckpointError
     ):  # broken weights stop the run instead of failing each image
-        main([str(root), "--generator", "sam", "--checkpoint", str(first), "--quiet"])
+        main([str(root), "--generator", "sam", "--sam-checkpoint", str(first), "-q"])
 
 
 def test_maps_are_computed_on_the_picture_the_network_sees(tmp_path: Path) -> None:

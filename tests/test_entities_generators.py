@@ -382,7 +382,7 @@ def test_sam_through_the_cli(tiny_sam_checkpoint: Path, tmp_path: Path) -> None:
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)
     Image.fromarray(random_texture(40, 56, 5)).save(root / "images" / "a.png")
-    argv = [str(root), "--generator", "sam", "--checkpoint", str(tiny_sam_checkpoint)]
+    argv = [str(root), "--generator", "sam", "--sam-checkpoint", str(tiny_sam_checkpoint)]
     argv += ["--model-type", "tiny32", "--points-per-side", "2", "--quiet"]
     argv += ["--param", "pred_iou_thresh=0", "--param", "stability_score_thresh=0"]
     assert main(argv) == 0

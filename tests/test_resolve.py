@@ -90,7 +90,7 @@ def test_no_matching_store_names_found_wanted_and_the_command(tmp_path):
     assert "wants sam (model_type=vit_b), K=50" in msg
     assert "felzenszwalb (felzenszwalb, K=40)" in msg and "sam (sam, model_type=vit_b, K=40)" in msg
     assert (
-        f"`entitwist entities {tmp_path} --generator sam --checkpoint sam_vit_b_01ec64.pth "
+        f"`entitwist entities {tmp_path} --generator sam --sam-checkpoint sam_vit_b_01ec64.pth "
         "--model-type vit_b --max-entities 50`" in msg
     )
     with pytest.raises(DataError, match="found: none"):
@@ -223,7 +223,7 @@ def felz40(tmp_path_factory) -> Path:
         (  # the paper's priors with only a superpixel store
             "{img_size: 64, entity_generator: sam, entity_params: {model_type: vit_b}}",
             ["wants sam (model_type=vit_b), K=40", "found: felzenszwalb (felzenszwalb, K=40)",
-             "--generator sam --checkpoint sam_vit_b_01ec64.pth --model-type vit_b"],
+             "--generator sam --sam-checkpoint sam_vit_b_01ec64.pth --model-type vit_b"],
         ),
         (  # K = 10 beside a K = 40 store
             "{img_size: 64, max_entities: 10}",

@@ -134,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--generator", default=DEFAULT_GENERATOR, help=f"one of {', '.join(GENERATORS)}"
     )
     parser.add_argument(
-        "--checkpoint", help="sam: SAM .pth state dict; hf-sam: model folder or cached id"
+        "--sam-checkpoint",
+        metavar="PATH",
+        help="sam: segment-anything checkpoint (sam_vit_b_01ec64.pth); hf-sam: SamModel folder "
+        "or cached id",
     )
     parser.add_argument("--model-type", help="sam: builder name (vit_b default, vit_l, vit_h)")
     parser.add_argument("--points-per-side", type=int, help="sam/hf-sam: point grid per side (32)")
@@ -173,7 +176,7 @@ def _generator_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(parse_param(p) for p in args.param)
     sam_like = args.generator in {"sam", "hf-sam"}
     for flag, value, key in (
-        ("--checkpoint", args.checkpoint, "checkpoint"),
+        ("--sam-checkpoint", args.sam_checkpoint, "checkpoint"),
         ("--model-type", args.model_type, "model_type"),
         ("--points-per-side", args.points_per_side, "points_per_side"),
         ("--device", None if args.device == "auto" else args.device, "device"),

@@ -83,7 +83,7 @@ class EntitySpec:
         parts = ["entitwist entities", str(root), "--generator", name]
         defaults = getattr(GENERATORS.get(name), "DEFAULTS", {})
         if name == "sam":
-            parts += ["--checkpoint", SAM_VIT_B_FILE]
+            parts += ["--sam-checkpoint", SAM_VIT_B_FILE]
         for key, value in sorted(self.params.items()):
             if key == "model_type" and name == "sam":
                 parts += ["--model-type", str(value)]

@@ -93,7 +93,7 @@ class SamGenerator(MaskGenerator):
         super().__init__(**params)
         if checkpoint is None:
             raise CheckpointError(
-                "the 'sam' generator needs a checkpoint: pass --checkpoint sam_vit_b_01ec64.pth "
+                "the 'sam' generator needs a checkpoint: pass --sam-checkpoint sam_vit_b_01ec64.pth "
                 "(or use --generator felzenszwalb, which needs no weights)"
             )
         path = Path(checkpoint)
@@ -208,7 +208,7 @@ class HfSamGenerator(MaskGenerator):
         points_per_batch: int = 64,
         **params: Any,
     ) -> None:
-        if checkpoint is not None:  # --checkpoint is the CLI's name for model=
+        if checkpoint is not None:  # --sam-checkpoint is the commands' name for model=
             params.setdefault("model", str(checkpoint))
         if "model" in params:
             params["model"] = str(params["model"])
@@ -241,7 +241,7 @@ class HfSamGenerator(MaskGenerator):
         except (OSError, ValueError) as exc:
             raise CheckpointError(
                 f"cannot load transformers SAM {self.model_source!r} offline; pass a local "
-                "SamModel.save_pretrained folder with --checkpoint"
+                "SamModel.save_pretrained folder with --sam-checkpoint"
             ) from exc
         model.eval()
         self._pipe = pipeline(
