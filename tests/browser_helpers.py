@@ -172,7 +172,7 @@ def save_screenshot(page: Any, path: Path, max_bytes: int = 300_000) -> Path:
 def take_screenshot(checkpoint: Path, out: Path, example: int = 0) -> Path:
     """Start ``entitwist app`` with ``checkpoint``, run one example, save a page screenshot.
 
-    ``python tests/browser_helpers.py --checkpoint demo_output/model`` refreshes
+    ``python tests/browser_helpers.py -m demo_output/model`` refreshes
     ``docs/images/app_screenshot.png`` with a trained model.
     """
     import tempfile
@@ -209,7 +209,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description="Screenshot of the web page after one run.")
-    parser.add_argument("--checkpoint", default="demo_output/model", type=Path)
+    parser.add_argument("-m", "--model", default="demo_output/model", type=Path)
     parser.add_argument(
         "--out",
         default=Path(__file__).resolve().parents[1] / "docs/images/app_screenshot.png",
@@ -217,4 +217,4 @@ if __name__ == "__main__":
     )
     parser.add_argument("--example", default=0, type=int)
     args = parser.parse_args()
-    print(take_screenshot(args.checkpoint, args.out, args.example))
+    print(take_screenshot(args.model, args.out, args.example))
