@@ -7,8 +7,10 @@ Programmatic use (the CLI wires the same from a YAML file)::
     trainer = lightning.Trainer(max_epochs=2, use_distributed_sampler=False)
     trainer.fit(module, datamodule=data)
 
-The tokenizer, the image size S and K come from the model (``for_module`` or the CLI's
-argument links), so data and network can never disagree.
+The tokenizer, the image size S and the entity priors (generator, its recorded parameters,
+K, whether any are read) come from the model (``for_module`` or the CLI's argument links),
+so data and network can never disagree: the entity store is the one
+:func:`entitwist.entities.resolve_store` finds for the model, or a one-line error.
 
 Loading order and resumption. The training sampler is a
 :class:`~torch.utils.data.DistributedSampler` (one replica when not distributed) whose
