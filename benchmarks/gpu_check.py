@@ -1,20 +1,26 @@
-"""One prepared GPU check: what the lent minutes on a GPU should measure.
+"""One prepared GPU check: what a few minutes on a GPU should measure.
 
     PYTHONPATH=src python benchmarks/gpu_check.py --out gpu_check.json          # on the GPU machine
-    PYTHONPATH=src python benchmarks/gpu_check.py --dry-run --out /tmp/x.json   # tiny sizes, any CPU
+    PYTHONPATH=src python benchmarks/gpu_check.py --dry-run --out /tmp/x.json   # reduced sizes, any CPU
 
 Needs torch, timm, transformers, safetensors, numpy, scikit-image and pillow (the GPU
 machine has the first three; carry the others as wheels, see benchmarks/README.md) and no
-network: every model is built from configuration with random weights.
+network: every model is built from configuration with random weights and the shipped tiny
+vocabulary.
+
+The dry run executes every line the real run does, on the same models (the paper's Swin-B +
+BERT, full and baseline, from the registry), only at a smaller input size, batch and step
+count. Every model section runs under bfloat16 autocast on every device.
 
 Sections (each prints one table row; details go to the JSON file):
-  1. scan   - entitwist.ops.selective_scan_fn on the device against the float64 sequential
-              reference (max relative error, forward and input gradients), and its
-              forward+backward time against the plain sequential loop at the stage-4
-              channel-scan shape (batch 8, D 512, L 2048, N 16).
-  2. train  - the default Swin-B + BERT model at 480x480, batch 8, bf16 autocast: training
-              step time, images/s and peak memory, full model and baseline (no SEG, no DAT),
-              and their ratio (the paper's Table IV time column).
+  1. scan   - with TF32 off: the project's scan (and mamba-ssm's CUDA kernel when installed)
+              against the float64 sequential reference (max relative error, forward and every
+              input gradient), the project's scan also inside bfloat16 autocast; then
+              forward+backward time of each against the plain sequential loop at the
+              stage-4 channel-scan shape (batch 8, D 512, L 2048, N 16).
+  2. train  - entitwist_swinb_bert and its baseline (no SEG, no DAT) at 480x480, batch 8,
+              bf16 autocast, TF32 on: training-step time, images/s, peak memory, parameter
+              counts, and the time ratio (the paper's Table IV time column).
   3. infer  - inference latency at batch 1 and 8 (full model, bf16 autocast).
   4. tiny   - a short training run of the tiny model on synthetic scenes: first and last
               loss, to show the loss falls on the device as on CPU.
@@ -25,12 +31,14 @@ if any section failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +46,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+FULL_MODEL = "entitwist_swinb_bert"
+BASELINE_MODEL = "entitwist_swinb_bert_baseline"
+DRY_IMG_SIZE = 32  # the dry run's input size (the real run uses the config's 480)
+AMP = torch.bfloat16
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _timeit(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
+def _timeit(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -73,68 +86,100 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a64 - b64).norm() / b64.norm().clamp_min(1e-30))
 
 
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """TF32 matmuls and convolutions on or off inside the block (CUDA only has TF32)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 # --------------------------------------------------------------------------- 1. scan
-def check_scan(device: torch.device, dry: bool) -> dict[str, Any]:
-    from entitwist.ops import cuda_kernel_available, selective_scan_fn, selective_scan_ref
+def _scan_inputs(device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int, int]):
+    bsz, dim, length, n = shape
+    g = torch.Generator().manual_seed(1)
+    t = {
+        "u": torch.randn(bsz, dim, length, generator=g),
+        "delta": torch.rand(bsz, dim, length, generator=g) * 0.5,
+        "A": -torch.rand(dim, n, generator=g) - 0.5,
+        "B": torch.randn(bsz, n, length, generator=g),
+        "C": torch.randn(bsz, n, length, generator=g),
+        "D": torch.randn(dim, generator=g),
+        "z": torch.randn(bsz, dim, length, generator=g),
+        "delta_bias": torch.randn(dim, generator=g) * 0.1,
+    }
+    return {k: v.to(device=device, dtype=dtype).requires_grad_() for k, v in t.items()}
 
-    torch.manual_seed(0)
-    bsz, dim, length, n = (2, 8, 37, 4) if dry else (2, 64, 300, 16)
 
-    def inputs(dtype):
-        g = torch.Generator().manual_seed(1)
-        t = {
-            "u": torch.randn(bsz, dim, length, generator=g),
-            "delta": torch.rand(bsz, dim, length, generator=g) * 0.5,
-            "A": -torch.rand(dim, n, generator=g) - 0.5,
-            "B": torch.randn(bsz, n, length, generator=g),
-            "C": torch.randn(bsz, n, length, generator=g),
-            "D": torch.randn(dim, generator=g),
-            "z": torch.randn(bsz, dim, length, generator=g),
-            "delta_bias": torch.randn(dim, generator=g) * 0.1,
-        }
-        return {
-            k: v.to(
-                device=device if dtype == torch.float32 else "cpu", dtype=dtype
-            ).requires_grad_()
-            for k, v in t.items()
-        }
+def _scan_errors(fn: Callable[..., Any], device: torch.device, shape, amp: bool) -> dict:
+    """Forward and input-gradient errors of ``fn`` on ``device`` vs the float64 loop (CPU)."""
+    from entitwist.ops import selective_scan_ref
 
-    fast_in, ref_in = inputs(torch.float32), inputs(torch.float64)
-    out = selective_scan_fn(**fast_in, delta_softplus=True)
+    fast_in, ref_in = (
+        _scan_inputs(device, torch.float32, shape),
+        _scan_inputs("cpu", torch.float64, shape),
+    )
+    with torch.autocast(device.type, dtype=AMP, enabled=amp):
+        out = fn(**fast_in, delta_softplus=True)
     ref = selective_scan_ref(**ref_in, delta_softplus=True)
-    grad = torch.randn_like(ref)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     out.backward(grad.to(out.device, out.dtype))
     ref.backward(grad)
     errors = {"forward": _rel(out, ref)}
     for k in fast_in:
         errors[f"grad_{k}"] = _rel(fast_in[k].grad, ref_in[k].grad)
+    return errors
 
-    # speed at the stage-4 channel-scan shape against the plain loop
-    bsz, dim, length, n = (1, 16, 64, 4) if dry else (8, 512, 2048, 16)
-    u = torch.randn(bsz, dim, length, device=device, requires_grad=True)
-    delta = (torch.rand(bsz, dim, length, device=device) * 0.1).requires_grad_()
-    A = (-torch.rand(dim, n, device=device) - 0.5).requires_grad_()
-    B = torch.randn(bsz, n, length, device=device, requires_grad=True)
-    C = torch.randn(bsz, n, length, device=device, requires_grad=True)
 
-    def step(fn):
-        def run():
-            y = fn(u, delta, A, B, C)
-            y.sum().backward()
+def check_scan(device: torch.device, dry: bool) -> dict[str, Any]:
+    from entitwist.ops import (
+        cuda_kernel_available,
+        selective_scan_chunked,
+        selective_scan_fn,
+        selective_scan_ref,
+    )
 
-        return run
+    torch.manual_seed(0)
+    kernel = cuda_kernel_available() and device.type == "cuda"
+    impls: dict[str, Callable[..., Any]] = {"project": selective_scan_chunked}
+    if kernel:  # selective_scan_fn runs mamba-ssm's kernel for these (CUDA, float32) inputs
+        impls["mamba_ssm"] = selective_scan_fn
+    shape = (2, 8, 37, 4) if dry else (2, 64, 300, 16)
+    with tf32(False):  # precision is measured: full float32 matmuls
+        errors = {name: _scan_errors(fn, device, shape, amp=False) for name, fn in impls.items()}
+        errors["project_bf16_autocast"] = _scan_errors(selective_scan_chunked, device, shape, True)
 
-    repeats = 1 if dry else 3
-    t_fast = _timeit(step(selective_scan_fn), device, repeats)
-    t_loop = _timeit(step(selective_scan_ref), device, 1)
+        # speed at the stage-4 channel-scan shape against the plain loop
+        bsz, dim, length, n = (1, 16, 64, 4) if dry else (8, 512, 2048, 16)
+        u = torch.randn(bsz, dim, length, device=device, requires_grad=True)
+        delta = (torch.rand(bsz, dim, length, device=device) * 0.1).requires_grad_()
+        A = (-torch.rand(dim, n, device=device) - 0.5).requires_grad_()
+        B = torch.randn(bsz, n, length, device=device, requires_grad=True)
+        C = torch.randn(bsz, n, length, device=device, requires_grad=True)
+
+        def step(fn: Callable[..., Any]) -> Callable[[], None]:
+            def run() -> None:
+                y = fn(u, delta, A, B, C)
+                y.sum().backward()
+
+            return run
+
+        repeats = 1 if dry else 3
+        times = {name: _timeit(step(fn), device, repeats) for name, fn in impls.items()}
+        t_loop = _timeit(step(selective_scan_ref), device, 1)
     return {
         "errors": errors,
-        "max_rel_error": max(errors.values()),
-        "cuda_kernel": cuda_kernel_available() and device.type == "cuda",
+        "max_rel_error": {name: max(e.values()) for name, e in errors.items()},
+        "cuda_kernel": kernel,
+        "tf32": False,
         "shape": [bsz, dim, length, n],
-        "fast_fwd_bwd_s": t_fast,
+        "fwd_bwd_s": times,
         "loop_fwd_bwd_s": t_loop,
-        "speedup": t_loop / t_fast,
+        "speedup": {name: t_loop / t for name, t in times.items()},
     }
 
 
@@ -148,12 +193,36 @@ def _model_inputs(model, batch: int, device: torch.device, size: int, k: int):
     return image, tok["input_ids"].to(device), tok["attention_mask"].to(device), entities, target
 
 
-def _build(name: str, dry: bool, **overrides):
-    from entitwist import create_model
+_MODELS: dict[str, torch.nn.Module] = {}  # built once per run (a Swin-B + BERT build is slow)
 
-    if dry:
-        return create_model("entitwist_tiny", **overrides)
-    return create_model(name, text__pretrained=None, visual__pretrained=None, **overrides)
+
+def _build(name: str, dry: bool) -> torch.nn.Module:
+    """The registry's model with random weights and the shipped tiny vocabulary (offline).
+
+    Kept on the CPU between sections: move it to the device for a section, back after.
+    """
+    from entitwist import create_model, list_models
+
+    if name not in _MODELS:
+        if name not in list_models():
+            raise RuntimeError(f"the registry has no model {name!r}; see `entitwist models`")
+        overrides: dict[str, Any] = {"text__vocab": "tiny"}
+        if dry:
+            overrides["visual__img_size"] = DRY_IMG_SIZE
+        _MODELS[name] = create_model(name, pretrained=False, **overrides)
+    return _MODELS[name]
+
+
+def _release(model: torch.nn.Module, device: torch.device) -> None:
+    """Gradients dropped and weights back on the CPU, so the next section's peak is its own."""
+    model.zero_grad(set_to_none=True)
+    model.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _params_m(model: torch.nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
 
 
 def check_train(device: torch.device, dry: bool) -> dict[str, Any]:
@@ -161,36 +230,48 @@ def check_train(device: torch.device, dry: bool) -> dict[str, Any]:
 
     batch = 2 if dry else 8
     repeats = 1 if dry else 5
-    amp = device.type == "cuda"
     rows: dict[str, Any] = {}
-    for label, overrides in (("full", {}), ("baseline", {"seg": False, "dat": "none"})):
-        model = _build("entitwist_swinb_bert", dry, **overrides).to(device).train()
+    for label, name in (("full", FULL_MODEL), ("baseline", BASELINE_MODEL)):
+        torch.manual_seed(0)
+        model = _build(name, dry).to(device).train()
         size = model.config.visual.img_size
         k = model.config.fusion.max_entities
         image, ids, mask, entities, target = _model_inputs(model, batch, device, size, k)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        losses: list[float] = []
 
         def step(
-            model=model, opt=opt, image=image, ids=ids, mask=mask, entities=entities, target=target
+            model=model,
+            opt=opt,
+            image=image,
+            ids=ids,
+            mask=mask,
+            entities=entities,
+            target=target,
+            losses=losses,
         ):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=AMP):
                 logits = model(image, ids, mask, entities if model.config.fusion.seg else None)
                 loss = referring_loss(logits.float(), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            losses.append(loss.item())
 
         _peak_reset(device)
-        t = _timeit(step, device, repeats)
+        with tf32(True):
+            t = _timeit(step, device, repeats, warmup=0 if dry else 1)
         rows[label] = {
+            "model": name,
+            "img_size": size,
             "step_s": t,
             "images_per_s": batch / t,
             "peak_mem_gib": _peak_gib(device),
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "params_m": _params_m(model),
+            "losses": losses,
         }
-        del model, opt
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        del opt
+        _release(model, device)
     rows["time_ratio_full_over_baseline"] = rows["full"]["step_s"] / rows["baseline"]["step_s"]
     rows["batch"] = batch
     return rows
@@ -198,20 +279,23 @@ def check_train(device: torch.device, dry: bool) -> dict[str, Any]:
 
 @torch.no_grad()
 def check_infer(device: torch.device, dry: bool) -> dict[str, Any]:
-    model = _build("entitwist_swinb_bert", dry).to(device).eval()
+    model = _build(FULL_MODEL, dry).to(device).eval()
     size, k = model.config.visual.img_size, model.config.fusion.max_entities
-    amp = device.type == "cuda"
-    out: dict[str, Any] = {}
-    for batch in (1, 8) if not dry else (1, 2):
+    out: dict[str, Any] = {"model": FULL_MODEL, "img_size": size}
+    for batch in (1, 2) if dry else (1, 8):
         image, ids, mask, entities, _ = _model_inputs(model, batch, device, size, k)
 
         def run(image=image, ids=ids, mask=mask, entities=entities):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                model(image, ids, mask, entities)
+            with torch.autocast(device.type, dtype=AMP):
+                logits = model(image, ids, mask, entities)
+            if not torch.isfinite(logits).all():
+                raise FloatingPointError("non-finite logits under bf16 autocast")
 
-        t = _timeit(run, device, 1 if dry else 10, warmup=1 if dry else 3)
+        with tf32(True):
+            t = _timeit(run, device, 1 if dry else 10, warmup=0 if dry else 3)
         out[f"batch{batch}_latency_ms"] = 1000 * t
         out[f"batch{batch}_images_per_s"] = batch / t
+    _release(model, device)
     return out
 
 
@@ -249,14 +333,15 @@ def check_tiny(device: torch.device, dry: bool) -> dict[str, Any]:
     tok = model.tokenizer(sentences)
     ids, am = tok["input_ids"].to(device), tok["attention_mask"].to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
-    steps = 3 if dry else 150
-    batch = 8
+    steps = 2 if dry else 150
+    batch = 4 if dry else 8
     losses = []
     start = time.perf_counter()
     for _ in range(steps):
         idx = torch.randint(0, len(x), (batch,))
-        logits = model(x[idx], ids[idx], am[idx], e[idx])
-        loss = referring_loss(logits, y[idx])
+        with torch.autocast(device.type, dtype=AMP):
+            logits = model(x[idx], ids[idx], am[idx], e[idx])
+            loss = referring_loss(logits.float(), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -281,9 +366,13 @@ def _summary_line(name: str, r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{name:<6} FAILED: {r['error']}"
     if name == "scan":
+        errs = ", ".join(f"{k} {v:.1e}" for k, v in r["max_rel_error"].items())
+        speed = ", ".join(
+            f"{k} {r['fwd_bwd_s'][k] * 1e3:.1f} ms ({r['speedup'][k]:.1f}x)" for k in r["fwd_bwd_s"]
+        )
         return (
-            f"scan   max rel err {r['max_rel_error']:.1e} | fwd+bwd {r['fast_fwd_bwd_s'] * 1e3:.1f} ms vs loop "
-            f"{r['loop_fwd_bwd_s'] * 1e3:.1f} ms ({r['speedup']:.1f}x) | cuda kernel: {r['cuda_kernel']}"
+            f"scan   max rel err (TF32 off): {errs} | fwd+bwd {speed} vs loop "
+            f"{r['loop_fwd_bwd_s'] * 1e3:.1f} ms | cuda kernel: {r['cuda_kernel']}"
         )
     if name == "train":
         f, b = r["full"], r["baseline"]
@@ -293,27 +382,41 @@ def _summary_line(name: str, r: dict[str, Any]) -> str:
             else f" | peak {f['peak_mem_gib']:.1f} / {b['peak_mem_gib']:.1f} GiB"
         )
         return (
-            f"train  batch {r['batch']}: full {f['step_s'] * 1e3:.0f} ms/step ({f['images_per_s']:.1f} img/s), "
-            f"baseline {b['step_s'] * 1e3:.0f} ms/step | ratio {r['time_ratio_full_over_baseline']:.2f}{mem}"
+            f"train  {f['img_size']} px, batch {r['batch']}: full {f['step_s'] * 1e3:.0f} ms/step "
+            f"({f['images_per_s']:.1f} img/s, {f['params_m']:.1f} M params), baseline "
+            f"{b['step_s'] * 1e3:.0f} ms/step ({b['params_m']:.1f} M) | ratio "
+            f"{r['time_ratio_full_over_baseline']:.2f}{mem}"
         )
     if name == "infer":
-        return "infer  " + ", ".join(f"{k} {v:.1f}" for k, v in r.items())
-    return f"tiny   {r['steps']} steps: loss {r['first_loss']:.3f} -> {r['last_loss']:.3f} ({'falls' if r['falls'] else 'does NOT fall'}), {r['seconds']:.0f} s"
+        return f"infer  {r['img_size']} px: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in r.items() if k.startswith("batch")
+        )
+    return (
+        f"tiny   {r['steps']} steps: loss {r['first_loss']:.3f} -> {r['last_loss']:.3f} "
+        f"({'falls' if r['falls'] else 'does NOT fall'}), {r['seconds']:.0f} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu_check.json", help="where the JSON details go")
-    parser.add_argument("--dry-run", action="store_true", help="tiny sizes (CI, CPU)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="reduced sizes and steps, same models (CI, CPU)"
+    )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help="comma-separated sections to run"
     )
     args = parser.parse_args(argv)
+    names = args.only.split(",")
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        print(
+            f"gpu_check: error: unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}",
+            file=sys.stderr,
+        )
+        return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     info = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -323,16 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: dict[str, Any] = {"info": info}
     print(
-        f"entitwist GPU check on {info['device']} (torch {info['torch']}{', dry run' if args.dry_run else ''})"
+        f"entitwist GPU check on {info['device']} (torch {info['torch']}"
+        f"{', dry run' if args.dry_run else ''})"
     )
     failed = False
-    for name in args.only.split(","):
-        if name not in SECTIONS:
-            print(
-                f"gpu_check: error: unknown section {name!r}; choose from {', '.join(SECTIONS)}",
-                file=sys.stderr,
-            )
-            return 2
+    for name in names:
         start = time.perf_counter()
         try:
             r = SECTIONS[name](device, args.dry_run)

@@ -246,14 +246,19 @@ def selective_scan_chunked(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Tensor | None,
-    z: Tensor | None,
-    delta_bias: Tensor | None,
-    delta_softplus: bool,
-    return_last_state: bool,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
     chunk: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """The project's PyTorch scan (chunked, hand-written backward); see selective_scan_fn."""
+    """The project's scan in plain PyTorch (chunked, hand-written backward), on any device.
+
+    Arguments and outputs as :func:`entitwist.ops.selective_scan_fn`, which runs this scan
+    for every input mamba-ssm's CUDA kernel does not take. ``chunk`` fixes the chunk length
+    (default: chosen per call, see :func:`choose_chunk`).
+    """
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
     with autocast_off(u.device.type):  # fp32 math even inside an autocast region
         return _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk)
