@@ -214,3 +214,8 @@ def test_sam_weights_have_one_spelling(module: str) -> None:
     parser = _parser(module)
     assert _option(parser, "--sam-checkpoint") is not None
     assert _option(parser, "--checkpoint") is None
+
+
+def test_device_only_where_a_device_is_used() -> None:
+    assert _option(_parser("entitwist.evaluation.figures.cli", "ksweep"), "--device") is None
+    assert _option(_parser("entitwist.data.synth_cli"), "--device") is None

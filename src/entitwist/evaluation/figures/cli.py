@@ -92,9 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quiet_option(p)
     p.add_argument("-o", "--out", required=True, help="output picture (.png, .pdf, .svg)")
 
-    p = sub.add_parser(
-        "ksweep", parents=[common], help="mIoU against the number of entity masks K (Fig. 6)"
-    )
+    p = sub.add_parser("ksweep", help="mIoU against the number of entity masks K (Fig. 6)")
     p.add_argument("--results", nargs="+", required=True, help="results JSONs or folders of runs")
     p.add_argument(
         "--k", nargs="+", type=int, default=None, help="K of each results file, in order"
