@@ -189,13 +189,13 @@ def _options(args: argparse.Namespace) -> Any:
     return opts
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, device: str | None = None) -> Any:
     from entitwist.inference.predictor import Predictor, resolve_device
 
     resolve_device(args.device)
     return Predictor.from_pretrained(
         args.model,
-        device=args.device,
+        device=device or args.device,
         entity_generator=args.entity_generator,
         sam_checkpoint=args.sam_checkpoint,
         batch_size=max(8, args.batch_size),
@@ -317,7 +317,9 @@ def _many(args: argparse.Namespace) -> int:
 
         check_devices(args.devices, args.num_nodes, accelerator)
     items = collect_items(args.image, args.sentence, out_dir)
-    predictor = _load(args)
+    # several processes: load on the CPU (Lightning puts the network on each process's
+    # device; CUDA must not start before the processes are forked)
+    predictor = _load(args, "cpu" if args.devices * args.num_nodes > 1 else None)
     settings = BatchSettings(
         out_dir=out_dir,
         options=opts,
