@@ -206,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``entitwist entities``; returns the exit status (see the module docstring)."""
     from entitwist.entities.generators import get_generator
     from entitwist.entities.labelmap import check_max_entities
-    from entitwist.entities.store import EntityStore, default_store_dir, image_key
+    from entitwist.entities.store import (
+        EntityStore,
+        default_store_dir,
+        image_key,
+        imaging_record,
+    )
 
     args = build_parser().parse_args(argv)
     k = check_max_entities(args.max_entities)
@@ -222,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     imaging = _imaging_kwargs(args)
     gen_kwargs = _generator_kwargs(args)
     generator = get_generator(args.generator, **gen_kwargs)
-    store_dir = default_store_dir(root, generator, k, out=args.out)
+    recorded = imaging_record(imaging["bands"], imaging["stretch"])  # in the manifest
+    store_dir = default_store_dir(root, generator, k, out=args.out, imaging=recorded)
     exclude = [store_dir.parent] if args.out else []
     images = list_images(root, args.dataset, exclude=exclude)
     items = [(image_key(root, p), str(p)) for p in images]
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None:
         items = items[: args.limit]
 
-    store = EntityStore(store_dir, generator=generator, max_entities=k)
+    store = EntityStore(store_dir, generator=generator, max_entities=k, imaging=recorded)
     store.remove_stale_temporaries()
     todo = [it for it in items if not store.has(it[0])]
     skipped = len(items) - len(todo)

@@ -6,10 +6,11 @@ K = 40). :class:`EntitySpec` reads that record, and
 
 - :func:`resolve_store` picks, for training and evaluation, the entity store under
   ``<root>/entities/`` whose ``manifest.json`` matches it (generator, every parameter the
-  model records, e.g. SAM's ``model_type``, and K). No match, several matches, or SEG on
-  with no store at all is a one-line :class:`~entitwist.errors.DataError` naming the
-  stores found, what the model wants and the ``entitwist entities`` command that builds
-  the right store. A model without SEG (and without the entity head) needs no store.
+  model records, e.g. SAM's ``model_type``, K, and the bands and stretch of
+  ``config.imaging``; a manifest without them was read with the defaults). No match,
+  several matches, or SEG on with no store at all is a one-line
+  :class:`~entitwist.errors.DataError` naming the stores found, what the model wants and
+  the ``entitwist entities`` command that builds the right store. A model without SEG (and without the entity head) needs no store.
 - :func:`inference_generator` picks, for new images (``Predictor``, ``entitwist segment``,
   the app), the generator to run: the model's recorded one, or an explicit override that
   is reported.
@@ -26,8 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entitwist.entities.store import MANIFEST, EntityStore
-from entitwist.errors import CheckpointError, ConfigError, DataError
+from entitwist.entities.store import (
+    DEFAULT_IMAGING,
+    MANIFEST,
+    EntityStore,
+    imaging_record,
+    manifest_imaging,
+)
+from entitwist.errors import CheckpointError, ConfigError, DataError, EntitwistError
 
 __all__ = [
     "EntitySpec",
@@ -51,11 +58,15 @@ class EntitySpec:
         max_entities: K, 1..``entitwist.entities.MAX_K``.
         params: generator parameters a store must have (only those listed are compared;
             the paper's models list ``{"model_type": "vit_b"}``).
+        imaging: the bands and stretch the pictures are read with
+            (:func:`~entitwist.entities.store.imaging_record`); a store read otherwise does
+            not match. ``None`` accepts any imaging.
     """
 
     generator: str | None
     max_entities: int
     params: Mapping[str, Any] = field(default_factory=dict)
+    imaging: Mapping[str, Any] | None = None
 
     @classmethod
     def of(cls, config: Any) -> EntitySpec | None:
@@ -65,15 +76,22 @@ class EntitySpec:
         head = int(getattr(config.decoder, "entity_head_layers", 0) or 0)
         if not fusion.seg and head == 0:
             return None
+        imaging = getattr(config, "imaging", None)
+        options = imaging.read_options() if imaging is not None else {}
         return cls(
-            fusion.entity_generator, int(fusion.max_entities), dict(fusion.entity_params or {})
+            fusion.entity_generator,
+            int(fusion.max_entities),
+            dict(fusion.entity_params or {}),
+            imaging_record(options.get("bands"), options.get("stretch")),
         )
 
     def describe(self) -> str:
-        """``sam (model_type=vit_b), K=40``."""
+        """``sam (model_type=vit_b), K=40`` (``, bands 4,3,2, stretch 2,98`` when the
+        imaging is not the default)."""
         name = self.generator or "any generator"
         params = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"{name}{f' ({params})' if params else ''}, K={self.max_entities}"
+        text = f"{name}{f' ({params})' if params else ''}, K={self.max_entities}"
+        return text + _imaging_text(self.imaging)
 
     def command(self, root: str | os.PathLike) -> str:
         """The ``entitwist entities`` command that builds a store this spec accepts."""
@@ -90,6 +108,8 @@ class EntitySpec:
             elif defaults.get(key, object()) != value:
                 parts += ["--param", f"{key}={value}"]
         parts += ["--max-entities", str(self.max_entities)]
+        for flag, value in _imaging_options(self.imaging):
+            parts += [flag, value]
         return " ".join(parts)
 
     def mismatches(self, manifest: Mapping[str, Any]) -> list[str]:
@@ -103,7 +123,49 @@ class EntitySpec:
                 out.append(f"{key}={have.get(key)!r}")
         if _int_or_none(manifest.get("max_entities")) != self.max_entities:
             out.append(f"K={manifest.get('max_entities')}")
+        if self.imaging is not None:
+            have_imaging = _store_imaging(manifest)
+            wanted = imaging_record(self.imaging.get("bands"), self.imaging.get("stretch"))
+            for key in ("bands", "stretch"):
+                if have_imaging.get(key) != wanted[key]:
+                    out.append(f"{key} {_option_text(key, have_imaging.get(key))}")
         return out
+
+
+def _store_imaging(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A manifest's imaging; one that cannot be parsed is kept as written (a mismatch)."""
+    try:
+        return manifest_imaging(dict(manifest))
+    except EntitwistError:
+        recorded = manifest.get("imaging")
+        return dict(recorded) if isinstance(recorded, Mapping) else {"bands": recorded}
+
+
+def _option_text(key: str, value: Any) -> str:
+    """The command-line spelling of a recorded band list or stretch (``auto``: the rule)."""
+    if value is None:
+        return "default" if key == "bands" else "auto"
+    if isinstance(value, list | tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+def _imaging_options(imaging: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """``--bands``/``--stretch`` options that read pictures with ``imaging``."""
+    if imaging is None:
+        return []
+    return [
+        (f"--{key}", _option_text(key, imaging.get(key)))
+        for key in ("bands", "stretch")
+        if imaging.get(key) is not None
+    ]
+
+
+def _imaging_text(imaging: Mapping[str, Any] | None) -> str:
+    """``, bands 4,3,2, stretch 2,98`` for non-default imaging, else empty."""
+    if imaging is None or dict(imaging) == DEFAULT_IMAGING:
+        return ""
+    return "".join(f", {key} {_option_text(key, imaging.get(key))}" for key in ("bands", "stretch"))
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -118,7 +180,8 @@ def _summary(manifest: Mapping[str, Any] | None) -> str:
         return "no manifest"
     params = manifest.get("params") or {}
     extra = f", model_type={params['model_type']}" if "model_type" in params else ""
-    return f"{manifest.get('generator')}{extra}, K={manifest.get('max_entities')}"
+    imaging = _imaging_text(_store_imaging(manifest))
+    return f"{manifest.get('generator')}{extra}, K={manifest.get('max_entities')}{imaging}"
 
 
 def list_stores(root: str | os.PathLike) -> list[EntityStore]:

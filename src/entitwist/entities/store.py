@@ -11,12 +11,15 @@ The *image key* is the image's path relative to the dataset root without its suf
 
 The *tag* is the generator name (``felzenszwalb``, ``sam``, ...) when its output-changing
 parameters and K are the defaults, else ``<name>-<8 hex>``, the first 8 hex digits of the
-SHA-256 of the canonical JSON of ``{"params": ..., "max_entities": K}``. So stores made with
+SHA-256 of the canonical JSON of ``{"params": ..., "max_entities": K}`` (plus ``"imaging"``
+when the images were not read with the default bands and stretch). So stores made with
 other settings sit side by side instead of mixing.
 
 ``manifest.json`` records the generator name, its parameters, the checkpoint SHA-256, K, the
-entitwist version and the creation time. Opening a store for a generator whose name,
-parameters, checkpoint hash or K differ from the manifest raises :class:`DataError`.
+imaging settings the images were read with (``{"bands": [4, 3, 2] or null, "stretch": null,
+"none" or [low, high]}``; a manifest without them was read with the defaults), the entitwist
+version and the creation time. Opening a store for a generator whose name, parameters,
+checkpoint hash, K or imaging differ from the manifest raises :class:`DataError`.
 
 Every file is written atomically (a hidden ``.<name>.<random>.tmp.png`` beside the target,
 renamed on success), so a killed run never leaves a truncated ``<key>.png``;
@@ -42,27 +45,62 @@ from entitwist.utils import atomic_path, atomic_write_bytes
 MANIFEST = "manifest.json"
 FORMAT = "entitwist-entities/1"
 _COMPARED = ("generator", "params", "checkpoint_sha256", "max_entities")
+#: The imaging of a manifest that records none: the band and stretch rules.
+DEFAULT_IMAGING: dict[str, Any] = {"bands": None, "stretch": None}
 
 
 def _canonical(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
-def store_tag(generator: Any, max_entities: int = MAX_ENTITIES) -> str:
+def imaging_record(bands: Any = None, stretch: Any = None) -> dict[str, Any]:
+    """The manifest's ``imaging`` entry for ``read_image`` options (``bands`` as ``"4,3,2"``
+    or a sequence, ``stretch`` as ``"2,98"``, ``(2, 98)``, ``"none"``, ``"auto"`` or None):
+    ``{"bands": [4, 3, 2] or None, "stretch": None, "none" or [low, high]}``.
+
+    Raises :class:`InputError` for malformed bands or stretch.
+    """
+    from entitwist.imaging.rules import parse_bands, parse_stretch, stretch_to_json
+
+    return {
+        "bands": None if bands is None else [int(b) for b in parse_bands(bands, 255)],
+        "stretch": stretch_to_json(parse_stretch(stretch)),
+    }
+
+
+def manifest_imaging(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The imaging a store's images were read with (the defaults for a manifest without it)."""
+    recorded = manifest.get("imaging")
+    if not isinstance(recorded, dict):
+        return dict(DEFAULT_IMAGING)
+    return imaging_record(recorded.get("bands"), recorded.get("stretch"))
+
+
+def store_tag(
+    generator: Any, max_entities: int = MAX_ENTITIES, imaging: dict[str, Any] | None = None
+) -> str:
     """Folder name of a generator's store under ``<root>/entities/`` (see the module doc)."""
     defaults = getattr(generator, "DEFAULTS", None)
-    if generator.params == defaults and max_entities == MAX_ENTITIES:
+    other_imaging = imaging is not None and _canonical(imaging) != DEFAULT_IMAGING
+    if generator.params == defaults and max_entities == MAX_ENTITIES and not other_imaging:
         return generator.name
-    blob = json.dumps({"params": generator.params, "max_entities": max_entities}, sort_keys=True)
+    settings: dict[str, Any] = {"params": generator.params, "max_entities": max_entities}
+    if other_imaging:
+        settings["imaging"] = imaging
+    blob = json.dumps(settings, sort_keys=True)
     return f"{generator.name}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
 def default_store_dir(
-    root: str | os.PathLike, generator: Any, max_entities: int = 40, out: str | None = None
+    root: str | os.PathLike,
+    generator: Any,
+    max_entities: int = 40,
+    out: str | None = None,
+    imaging: dict[str, Any] | None = None,
 ) -> Path:
     """``<out or root/entities>/<tag>``: where ``entitwist entities`` writes by default."""
     base = Path(out) if out is not None else Path(root) / "entities"
-    return base / store_tag(generator, max_entities)
+    return base / store_tag(generator, max_entities, imaging)
 
 
 def image_key(root: str | os.PathLike, image_path: str | os.PathLike) -> str:
@@ -88,6 +126,8 @@ class EntityStore:
             :class:`DataError`. When ``None`` the store is opened as it is (reading, or
             saving without a manifest).
         max_entities: K recorded in / checked against the manifest (with ``generator``).
+        imaging: the imaging the images are read with (:func:`imaging_record`; None: the
+            defaults), recorded in / checked against the manifest (with ``generator``).
     """
 
     def __init__(
@@ -96,6 +136,7 @@ class EntityStore:
         *,
         generator: Any = None,
         max_entities: int = 40,
+        imaging: dict[str, Any] | None = None,
     ) -> None:
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():
@@ -104,7 +145,7 @@ class EntityStore:
             )
         self.manifest: dict[str, Any] | None = self._read_manifest()
         if generator is not None:
-            self._bind(generator, max_entities)
+            self._bind(generator, max_entities, imaging)
 
     # -- manifest -------------------------------------------------------------------------
     @property
@@ -135,24 +176,28 @@ class EntityStore:
         return data
 
     @staticmethod
-    def describe(generator: Any, max_entities: int) -> dict[str, Any]:
-        """The manifest entries that identify a generator setting."""
+    def describe(
+        generator: Any, max_entities: int, imaging: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The manifest entries that identify a generator setting and the imaging."""
         return _canonical(
             {
                 "generator": generator.name,
                 "params": generator.params,
                 "checkpoint_sha256": generator.checkpoint_sha256,
                 "max_entities": int(max_entities),
+                "imaging": DEFAULT_IMAGING if imaging is None else imaging,
             }
         )
 
-    def _bind(self, generator: Any, max_entities: int) -> None:
+    def _bind(self, generator: Any, max_entities: int, imaging: dict[str, Any] | None) -> None:
         from entitwist import __version__
 
-        wanted = self.describe(generator, max_entities)
+        wanted = self.describe(generator, max_entities, imaging)
         if self.manifest is not None:
             have = {k: _canonical(self.manifest[k]) for k in _COMPARED}
-            diff = [k for k in _COMPARED if have[k] != wanted[k]]
+            have["imaging"] = manifest_imaging(self.manifest)
+            diff = [k for k in wanted if have[k] != wanted[k]]
             if diff:
                 detail = "; ".join(f"{k}: store {have[k]!r} vs asked {wanted[k]!r}" for k in diff)
                 raise DataError(
