@@ -69,7 +69,9 @@ def test_auto_picks_the_store_of_the_models_generator_and_k(tmp_path):
     fake_store(tmp_path, "sam-99999999", "sam", 40, model_type="vit_h")
     sam = E.EntitySpec("sam", 40, {"model_type": "vit_b"})
     assert E.resolve_store(tmp_path, "auto", sam) == sam40
-    assert E.resolve_store(tmp_path, "auto", E.EntitySpec("sam", 10, {"model_type": "vit_b"})) == sam10
+    assert (
+        E.resolve_store(tmp_path, "auto", E.EntitySpec("sam", 10, {"model_type": "vit_b"})) == sam10
+    )
     assert E.resolve_store(tmp_path, "auto", E.EntitySpec("felzenszwalb", 40)) == felz
     # an explicit tag or folder is checked against the model all the same
     assert E.resolve_store(tmp_path, "sam", sam) == sam40
