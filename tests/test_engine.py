@@ -12,19 +12,15 @@ import torch
 from torch import nn
 
 from entitwist.errors import CheckpointError, ConfigError, DataError
+from entitwist.train.checkpoints import load_checkpoint, model_from_checkpoint
 from entitwist.train.datamodule import (
     ReferringDataModule,
     ResumableSampler,
     ShardSampler,
     check_data_args,
 )
-from entitwist.train.module import (
-    EntiTwistModule,
-    ExportBestCallback,
-    NonFiniteLossError,
-    load_checkpoint,
-    model_from_checkpoint,
-)
+from entitwist.train.export import ExportBestCallback
+from entitwist.train.module import EntiTwistModule, NonFiniteLossError
 from entitwist.train.optim import build_optimizer, build_poly_scheduler, param_groups, poly_factor
 
 

@@ -86,7 +86,7 @@ def test_model_card_metadata_and_sections(saved) -> None:
 
 
 def test_model_card_quotes_the_training_record(models, tmp_path) -> None:
-    from entitwist.train.module import export_pretrained
+    from entitwist.train.export import export_pretrained
 
     info = {
         "selected_on": "val",

@@ -116,7 +116,7 @@ def train_step(
     import lightning
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from entitwist.train.module import ExportBestCallback
+    from entitwist.train.export import ExportBestCallback
 
     run = out / "run"
     model_dir = out / "model"

@@ -43,7 +43,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
         return EntiTwistNet.from_pretrained(path, map_location=map_location)
     if path.is_file():
-        from entitwist.train.module import model_from_checkpoint
+        from entitwist.train.checkpoints import model_from_checkpoint
 
         return model_from_checkpoint(path, map_location=map_location)
     raise CheckpointError(

@@ -42,7 +42,7 @@ def train(config: dict[str, Any], *, test: bool = True) -> dict[str, Any]:
     ``log_dir``.
     """
     from entitwist.train.cli import build
-    from entitwist.train.module import ExportBestCallback
+    from entitwist.train.export import ExportBestCallback
 
     cli = build(config)
     trainer, module, data = cli.trainer, cli.model, cli.datamodule

@@ -41,8 +41,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from entitwist.errors import CheckpointError, ConfigError, EntitwistError
+from entitwist.train.checkpoints import load_checkpoint
 from entitwist.train.datamodule import ReferringDataModule, check_data_args
-from entitwist.train.module import EntiTwistModule, ExportBestCallback, load_checkpoint
+from entitwist.train.export import ExportBestCallback
+from entitwist.train.module import EntiTwistModule
 
 __all__ = ["EntiTwistCLI", "build", "check_config", "main"]
 

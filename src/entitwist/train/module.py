@@ -11,111 +11,31 @@
   ``val/original/mIoU`` (original resolution), and likewise for ``test``;
 - checkpoints carry the :class:`~entitwist.config.ModelConfig` and the random-number
   states (so a resumed run continues the same random stream); they are read with
-  ``torch.load(weights_only=True)`` only (:func:`load_checkpoint`);
-- :class:`ExportBestCallback` writes the best-on-validation weights as a
-  ``save_pretrained`` folder when fitting ends.
+  ``torch.load(weights_only=True)`` only (:mod:`entitwist.train.checkpoints`);
+- :class:`~entitwist.train.export.ExportBestCallback` writes the best-on-validation weights
+  as a ``save_pretrained`` folder when fitting ends.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import os
-import random
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule
 
-from entitwist.errors import CheckpointError, ConfigError, DataError, EntitwistError
+from entitwist.errors import ConfigError, DataError, EntitwistError
 from entitwist.metrics import ReferringMetrics, upsample_to_original
 from entitwist.models.loss import DICE_WEIGHT, ENTITY_LOSS_WEIGHT
+from entitwist.train.checkpoints import CONFIG_KEY, RNG_KEY, restore_rng_states, rng_states
 
-__all__ = [
-    "CONFIG_KEY",
-    "EntiTwistModule",
-    "ExportBestCallback",
-    "NonFiniteLossError",
-    "load_checkpoint",
-    "model_from_checkpoint",
-]
+__all__ = ["EntiTwistModule", "NonFiniteLossError"]
 
-CONFIG_KEY = "entitwist_model_config"
-_RNG_KEY = "entitwist_rng_states"
 PROTOCOL_PREFIX = {"lavt": "", "original": "original/"}
 
 
 class NonFiniteLossError(EntitwistError):
     """The training loss became NaN or infinite; training stops instead of training through."""
-
-
-def load_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> dict[str, Any]:
-    """Read a Lightning ``.ckpt`` without running pickled code (``weights_only=True``).
-
-    Raises :class:`CheckpointError` (one line) when the file is missing, is not a torch
-    checkpoint, or holds objects other than tensors and plain containers, which is what a
-    tampered pickle (an object whose ``__reduce__`` runs code) looks like.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not exist; give a .ckpt file written by `entitwist fit`"
-        )
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ...
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        unsafe = [ln for ln in lines if "global" in ln.lower() and "weights_only" not in ln]
-        if unsafe:
-            raise CheckpointError(
-                f"refused to load {str(path)!r}: it holds pickled objects other than tensors "
-                f"(possibly code) and entitwist loads checkpoints with weights_only=True only ({unsafe[0][:160]})"
-            ) from None
-        plain = [ln for ln in lines if "weights_only" not in ln and "documentation" not in ln]
-        reason = (plain[0] if plain else lines[0] if lines else type(exc).__name__)[:160]
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({reason})") from None
-    if not isinstance(data, dict) or "state_dict" not in data:
-        raise CheckpointError(
-            f"{str(path)!r} is not a Lightning checkpoint (no state_dict); give a .ckpt from `entitwist fit`"
-        )
-    return data
-
-
-def model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """The :class:`~entitwist.models.enti_twistnet.EntiTwistNet` stored in a ``.ckpt``.
-
-    The architecture comes from the ModelConfig saved in the checkpoint; no pretrained
-    weights are fetched (the checkpoint holds them all).
-    """
-    from entitwist.config import ModelConfig
-    from entitwist.models.enti_twistnet import EntiTwistNet
-
-    data = load_checkpoint(path, map_location)
-    if CONFIG_KEY not in data:
-        raise CheckpointError(
-            f"{str(path)!r} has no model config; it was not written by entitwist's trainer"
-        )
-    try:
-        config = ModelConfig.from_dict(data[CONFIG_KEY])
-    except ConfigError as exc:
-        raise CheckpointError(f"{str(path)!r} holds an invalid model config: {exc}") from None
-    model = EntiTwistNet(config.replace(visual__pretrained=None, text__pretrained=None))
-    model._tokenizer_config = config.text  # the tokenizer of the original source
-    model.config = config
-    prefix = "model."
-    state = {k[len(prefix) :]: v for k, v in data["state_dict"].items() if k.startswith(prefix)}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:200]
-        raise CheckpointError(f"{str(path)!r} does not match its model config ({first})") from None
-    return model
 
 
 class EntiTwistModule(LightningModule):
@@ -444,22 +364,10 @@ class EntiTwistModule(LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.model.config.to_dict()
-        np_state: Any = np.random.get_state()  # noqa: NPY002 (the global stream libraries draw from)
-        states: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "numpy": [
-                np_state[0],
-                torch.from_numpy(np_state[1].astype(np.int64)),
-                *map(_plain, np_state[2:]),
-            ],
-            "python": _plain(random.getstate()),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            states["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint[_RNG_KEY] = states
+        checkpoint[RNG_KEY] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._rng_to_restore = checkpoint.get(_RNG_KEY)
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
 
     def _record_entity_source(self) -> None:
         """Write the training store's generator and all its parameters into the model config
@@ -498,14 +406,8 @@ class EntiTwistModule(LightningModule):
         self._record_entity_source()
         # Restore the random streams of the interrupted run once everything else is set up.
         states, self._rng_to_restore = self._rng_to_restore, None
-        if not states:
-            return
-        torch.set_rng_state(states["torch"].cpu())
-        name, keys, *rest = states["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))  # noqa: NPY002
-        random.setstate(_tuples(states["python"]))
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+        if states:
+            restore_rng_states(states)
 
 
 def _entity_manifest(loader: Any) -> dict[str, Any] | None:
@@ -517,97 +419,3 @@ def _entity_manifest(loader: Any) -> dict[str, Any] | None:
 
     manifest = EntityStore(folder).manifest
     return manifest if isinstance(manifest, dict) else None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _tuples(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
-class ExportBestCallback(Callback):
-    """At the end of ``fit``, write the best-on-validation weights as a ``save_pretrained`` folder.
-
-    The best checkpoint is the trainer's ``ModelCheckpoint.best_model_path`` (selected on
-    the validation split's metric, never the test split). Without one (no validation, or
-    ``fast_dev_run``) the final weights are exported and ``selected_on`` says ``"last"``.
-    Beside the weights, ``training.json`` records the checkpoint, monitor and score.
-
-    Args:
-        dirpath: target folder; default ``<trainer.log_dir>/export``. Replaced atomically.
-    """
-
-    def __init__(self, dirpath: str | None = None) -> None:
-        self.dirpath = dirpath
-        self.exported: Path | None = None
-        self.info: dict[str, Any] = {}
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # trainer.log_dir is a collective under DDP: read it on every rank, then leave rank > 0
-        target = (
-            Path(self.dirpath)
-            if self.dirpath
-            else Path(trainer.log_dir or trainer.default_root_dir) / "export"
-        )
-        if not trainer.is_global_zero:
-            return
-        ckpt_cb = trainer.checkpoint_callback
-        best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
-        model = copy.deepcopy(pl_module.model).cpu()
-        run = {"epochs_run": int(trainer.current_epoch), "steps_run": int(trainer.global_step)}
-        info: dict[str, Any] = {"selected_on": "last", "global_step": int(trainer.global_step)}
-        if best and getattr(ckpt_cb, "monitor", None):
-            data = load_checkpoint(best)
-            state = {
-                k[len("model.") :]: v
-                for k, v in data["state_dict"].items()
-                if k.startswith("model.")
-            }
-            model.load_state_dict(state, strict=True)
-            score = ckpt_cb.best_model_score
-            info = {
-                "selected_on": "val",
-                "monitor": ckpt_cb.monitor,
-                "score": None if score is None else float(score),
-                "checkpoint": str(best),
-                "epoch": int(data.get("epoch", -1)),
-                "global_step": int(data.get("global_step", -1)),
-            }
-        info.update(run)
-        dataset = getattr(getattr(trainer, "datamodule", None), "dataset_name", None)
-        if dataset:
-            info["dataset"] = str(dataset)
-        self.info = info
-        self.exported = export_pretrained(model, target, info)
-
-
-def export_pretrained(
-    model: Any, target: str | os.PathLike, info: dict[str, Any] | None = None
-) -> Path:
-    """``model.save_pretrained`` into ``target`` atomically (a temporary folder renamed into place)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        if info is not None:  # first: the model card quotes it
-            (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-        model.save_pretrained(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
