@@ -14,9 +14,10 @@ from scipy.spatial import cKDTree
 
 from entitwist.data import synthetic as syn
 from entitwist.data import synthetic_expressions as rules
+from entitwist.data.scene_painter import CATEGORIES, COLOURS
 from entitwist.data.synthetic import scene_seed, write_dataset
 from entitwist.data.synthetic_expressions import EXPRESSION_TYPES, generate_expressions
-from entitwist.data.synthetic_scene import CATEGORIES, COLOURS, generate_scene
+from entitwist.data.synthetic_scene import generate_scene
 from entitwist.errors import DataError, EntitwistError, InputError
 
 # ---------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from entitwist.data.synthetic_scene import COLOURS, Scene, SceneObject
+from entitwist.data.scene_painter import COLOURS
+from entitwist.data.synthetic_scene import Scene, SceneObject
 from entitwist.errors import InputError
 
 __all__ = [
