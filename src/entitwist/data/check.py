@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from entitwist.data.base import parse_phrase_file
+from entitwist.data.files import parse_phrase_file
 from entitwist.data.layouts import LAYOUTS, Layout
 from entitwist.errors import ConfigError, EntitwistError
 

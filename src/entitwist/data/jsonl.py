@@ -31,12 +31,9 @@ from entitwist.data.base import (
     MaskFile,
     Record,
     ReferringDataset,
-    check_root,
-    file_dataset,
     image_key,
-    read_text_lines,
-    warn_skipped,
 )
+from entitwist.data.files import check_root, file_dataset, read_text_lines, warn_skipped
 from entitwist.errors import ConfigError, DataError
 
 __all__ = ["load_jsonl", "read_annotations", "REQUIRED_KEYS"]

@@ -29,10 +29,12 @@ from entitwist.data.base import (
     MaskFile,
     Record,
     ReferringDataset,
+    image_key,
+)
+from entitwist.data.files import (
     check_root,
     check_split,
     file_dataset,
-    image_key,
     parse_phrase_file,
     unique_ids,
 )

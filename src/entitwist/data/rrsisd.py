@@ -45,12 +45,9 @@ from entitwist.data.base import (
     DataWarning,
     Record,
     ReferringDataset,
-    check_files_exist,
-    check_root,
-    check_split,
     image_key,
-    warn_skipped,
 )
+from entitwist.data.files import check_files_exist, check_root, check_split, warn_skipped
 from entitwist.entities.resolve import resolve_store
 from entitwist.errors import DataError
 
