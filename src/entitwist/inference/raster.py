@@ -284,19 +284,23 @@ class RasterSource:
         """(h, w) bool validity of a window (False on nodata / masked / NaN pixels)."""
         return self.read_raw(window)[1]
 
-    def overview(self, max_side: int, progress: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
+    def overview(
+        self, max_side: int, progress: Any = None, method: str = "auto"
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         """The whole scene reduced by an integer factor so that its longer side <= ``max_side``.
 
         Each overview pixel is the mean of the valid full-resolution pixels of its
         ``factor x factor`` block (NaN where none is valid; blocks at the right and bottom
         edges are smaller). GDAL computes it (``out_shape`` with ``Resampling.average``,
         nodata and masks excluded, integer imagery averaged in its own type, so within half
-        a unit), reading the file's overviews when it has them (``gdaladdo``), so a large
-        scene is not decoded at full resolution (overview pixels are the file's: exact
-        blocks when the sides are multiples of the factor). An override ``nodata`` value,
-        or NaN in float imagery that declares no nodata, which GDAL does not exclude, is
-        averaged out by reading full-resolution strips instead. Memory is bounded by one
-        strip either way.
+        a unit) from the file's overviews when it has them (``gdaladdo``), so a large scene
+        is not decoded at full resolution (overview pixels are the file's: exact blocks when
+        the sides are multiples of the factor). Without overviews GDAL would decode every
+        pixel too, several times slower than summing full-resolution strips here (measured
+        8x on a 2,000^2 uint16 GeoTIFF), so ``method="auto"`` reads strips then, and also
+        for an override ``nodata`` value or NaN in float imagery that declares no nodata,
+        which GDAL does not exclude. ``method="gdal"`` / ``"blocks"`` force one. Memory is
+        bounded by one strip either way.
 
         Returns:
             ``data`` (3, h, w) float32, ``valid`` (h, w) bool, ``factor`` (int >= 1) with
@@ -311,8 +315,15 @@ class RasterSource:
         valid = np.zeros((h, w), dtype=bool)
         # GDAL cannot exclude an override value, nor NaN in float data that declares no nodata
         undeclared_nan = self.dtype.kind == "f" and self._mask_mode == "all"
-        gdal = self.nodata_override is None and not undeclared_nan
-        reduce = self._gdal_means if gdal else self._block_means
+        can_gdal = self.nodata_override is None and not undeclared_nan
+        if method not in {"auto", "gdal", "blocks"}:
+            raise ValueError(f"method={method!r}; use auto, gdal or blocks")
+        if method == "auto":
+            has_overviews = any(self.ds.overviews(b) for b in self.unique_bands)
+            method = "gdal" if can_gdal and has_overviews else "blocks"
+        if method == "gdal" and not can_gdal:
+            raise ValueError("GDAL cannot exclude an override nodata value or undeclared NaN")
+        reduce = self._gdal_means if method == "gdal" else self._block_means
         rows_per_strip = max(1, (4 << 20) // (factor * self.width))  # ~16 MB of float32 a band
         for oy in range(0, h, rows_per_strip):
             oy1 = min(h, oy + rows_per_strip)
