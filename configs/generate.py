@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-HERE = Path(__file__).parent
+# the YAMLs ship inside the package (entitwist configs list; entitwist fit --config NAME)
+HERE = Path(__file__).resolve().parents[1] / "src" / "entitwist" / "configs"
 DATASETS = {"rrsisd": "data/rrsisd", "refsegrs": "data/refsegrs", "risbench": "data/risbench"}
 
 BASE = {

@@ -1,4 +1,4 @@
-"""Every YAML in configs/ is the paper except where its header says, and the header says all.
+"""Every shipped YAML (src/entitwist/configs/) is the paper except where its header says, and the header says all.
 
 Each file's header lists, one ``#   key: value`` line each, the fields in which it differs
 from the paper's default row (rrsisd_bert.yaml). The checks: the file equals the default row
@@ -20,7 +20,8 @@ from entitwist.entities import EntitySpec
 from entitwist.models.registry import get_config
 from entitwist.train.cli import EntiTwistCLI, check_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "entitwist" / "configs"  # shipped
+GENERATE = Path(__file__).resolve().parents[1] / "configs" / "generate.py"
 PAPER = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "synthetic_tiny.yaml")
 DEFAULT = CONFIGS / "rrsisd_bert.yaml"
 DATASETS = ("rrsisd", "refsegrs", "risbench")
@@ -209,7 +210,7 @@ def test_a_header_that_lies_fails():
 def test_generate_writes_the_shipped_files(tmp_path, monkeypatch):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("generate", CONFIGS / "generate.py")
+    spec = importlib.util.spec_from_file_location("generate", GENERATE)
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     monkeypatch.setattr(gen, "HERE", tmp_path)

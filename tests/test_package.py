@@ -187,7 +187,7 @@ def test_wheel_holds_configs_license_and_py_typed(wheel: Path) -> None:
         r for r in requires if r.split(">")[0].split("=")[0].strip() in ("torch", "torchvision")
     ]
     assert sorted(torch_reqs) == ["torch>=2.4", "torchvision>=0.19"]
-    assert not [r for r in requires if "==" in r]
+    assert not [r for r in requires if "==" in r.split(";")[0]]  # no exact pins at all
 
 
 @pytest.mark.slow

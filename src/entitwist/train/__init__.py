@@ -1,6 +1,6 @@
 """Training and evaluation engine (Lightning): module, datamodule, CLI, metrics reports.
 
-Command line: ``entitwist fit | validate | test | predict --config configs/<x>.yaml`` and
+Command line: ``entitwist fit | validate | test | predict --config NAME|FILE.yaml`` and
 ``entitwist evaluate``. From Python, the same YAML-shaped dict::
 
     from entitwist.train import train

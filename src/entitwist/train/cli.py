@@ -2,15 +2,17 @@
 
 ::
 
-    entitwist fit --config configs/base.yaml --config configs/rrsisd_bert.yaml
-    entitwist fit --config configs/synthetic_tiny.yaml --trainer.max_epochs 3
-    entitwist fit --config configs/synthetic_tiny.yaml --ckpt_path runs/x/checkpoints/last.ckpt
-    entitwist test --config configs/synthetic_tiny.yaml --ckpt_path best.ckpt
+    entitwist fit --config rrsisd_bert                       # a shipped config, by name
+    entitwist fit --config synthetic_tiny --trainer.max_epochs 3
+    entitwist fit --config my_experiment.yaml --ckpt_path runs/x/checkpoints/last.ckpt
+    entitwist test --config synthetic_tiny --ckpt_path best.ckpt
     entitwist fit --config ... --trainer.devices 4 --trainer.strategy ddp     # multi-GPU
     entitwist fit --config ... --trainer.devices 8 --trainer.num_nodes 2 ...  # multi-node
 
 What this adds to plain LightningCLI:
 
+- ``--config`` takes a YAML file or the name of a config shipped in the package
+  (``entitwist configs list``; :mod:`entitwist.configs`);
 - the model (:class:`EntiTwistModule`) and data (:class:`ReferringDataModule`) are fixed;
   the datamodule receives the model's tokenizer, image size and K (argument links);
 - forced callbacks, configurable under their own keys: ``checkpoint`` (a ModelCheckpoint
