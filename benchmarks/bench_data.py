@@ -84,7 +84,7 @@ def build_tokenizer():
     """The tiny-vocab tokenizer of the model package, or None when it is not available."""
     try:
         from entitwist.config import TextConfig
-        from entitwist.models.text import build_tokenizer as build
+        from entitwist.models.tokenizer import build_tokenizer as build
 
         return build(TextConfig(pretrained=None, vocab="tiny", max_tokens=20))
     except Exception as exc:  # model package not there: measure without token ids

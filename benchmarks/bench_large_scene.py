@@ -115,7 +115,7 @@ def offline_vocab(work: Path, size: int = 30_522) -> Path:
     """A BERT-sized ``vocab.txt`` without the network: the package's small vocabulary padded
     with ``[unusedN]`` entries to BERT-base's 30,522, so the text embedding, and so the
     parameter count and memory, are those of the paper's model."""
-    from entitwist.models.text import TINY_VOCAB
+    from entitwist.models.tokenizer import TINY_VOCAB
 
     tokens = TINY_VOCAB.read_text().splitlines()
     tokens += [f"[unused{i}]" for i in range(size - len(tokens))]

@@ -32,7 +32,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from entitwist.inference.predictor import Predictor  # noqa: E402
 from entitwist.models.enti_twistnet import EntiTwistNet  # noqa: E402
 from entitwist.models.registry import get_config  # noqa: E402
-from entitwist.models.text import build_tokenizer  # noqa: E402
+from entitwist.models.tokenizer import build_tokenizer  # noqa: E402
 
 SENTENCES = ["the storage tank at the top right", "the long road in the middle"]
 

@@ -1,4 +1,4 @@
-"""Tests for entitwist.models.text: the tokenizer really tokenizes; encoders build offline."""
+"""Tests for entitwist.models.text and .tokenizer: real tokenizing; encoders build offline."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 
 from entitwist.config import TextConfig
 from entitwist.errors import ConfigError, InputError
-from entitwist.models import text as text_mod
+from entitwist.models import tokenizer as tokenizer_mod
 from entitwist.models.registry import TINY_BERT
-from entitwist.models.text import TINY_VOCAB, TextEncoder, Tokenizer, build_tokenizer, read_vocab
+from entitwist.models.text import TextEncoder
+from entitwist.models.tokenizer import TINY_VOCAB, Tokenizer, build_tokenizer, read_vocab
 
 TINY_TEXT = TextConfig(
     kind="bert", pretrained=None, hf_config=dict(TINY_BERT), vocab="tiny", max_tokens=20
@@ -53,7 +54,7 @@ def test_minilm_directory_tokenizer_matches_bert_base_uncased_ids() -> None:
 
 
 def test_truncation_keeps_end_token_and_warns_once() -> None:
-    text_mod._reset_truncation_warning()
+    tokenizer_mod._reset_truncation_warning()
     tok = build_tokenizer(TextConfig(**{**TINY_TEXT.__dict__, "max_tokens": 6}))
     long = "the car on the left of the large building near the road"
     with pytest.warns(UserWarning, match="6 tokens"):

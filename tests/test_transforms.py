@@ -115,7 +115,7 @@ def test_transform_without_tokenizer_or_resize():
 
 
 def test_real_tokenizer_from_text_config():
-    text = pytest.importorskip("entitwist.models.text")
+    text = pytest.importorskip("entitwist.models.tokenizer")
     from entitwist.config import TextConfig
 
     tok = text.build_tokenizer(TextConfig(pretrained=None, vocab="tiny", max_tokens=20))

@@ -55,7 +55,7 @@ class ReferringTransform:
     Args:
         size: S, or ``(H, W)``; ``None`` keeps the original size.
         tokenizer: a callable ``list[str] -> {"input_ids": (1, N), "attention_mask": (1, N)}``
-            such as ``entitwist.models.text.build_tokenizer(text_config)``; ``None``: no ids.
+            such as ``entitwist.models.tokenizer.build_tokenizer(text_config)``; ``None``: no ids.
         mean, std: per-channel normalisation of the 0..1 image.
     """
 

@@ -37,7 +37,8 @@ from entitwist.imaging import IMAGENET_MEAN, IMAGENET_STD, prepare_image
 from entitwist.models.decoder import Decoder
 from entitwist.models.hub import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
 from entitwist.models.inputs import check_inputs, check_shapes
-from entitwist.models.text import TextEncoder, Tokenizer, build_tokenizer
+from entitwist.models.text import TextEncoder
+from entitwist.models.tokenizer import Tokenizer, build_tokenizer
 from entitwist.models.visual import SwinEncoder, nchw_to_nhwc, nhwc_to_nchw
 
 
@@ -161,7 +162,7 @@ class EntiTwistNet(
     # ------------------------------------------------------------------ tokenizer
     @property
     def tokenizer(self) -> Tokenizer:
-        """The :class:`~entitwist.models.text.Tokenizer` matching the text encoder (built on
+        """The :class:`~entitwist.models.tokenizer.Tokenizer` matching the text encoder (built on
         first use, so a model whose vocabulary is not at hand still builds)."""
         if self._tokenizer is None:
             self._tokenizer = build_tokenizer(self._tokenizer_config)
