@@ -115,6 +115,7 @@ def test_fit_takes_a_config_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert by_name == parse(str(CONFIG_DIR / "rrsisd_bert.yaml"))
     assert by_name["model"]["model_name"] == "entitwist_swinb_bert"
     assert by_name != parse("synthetic_tiny")
+    capsys.readouterr()  # Lightning's seed messages of the parses above
     rc, out, err = run(["fit", "--config", "no_such_config", "--trainer.max_epochs", "1"], capsys)
     assert rc == 2 and out == ""
     assert err.startswith("entitwist: error: --config 'no_such_config' is neither a file")
