@@ -19,11 +19,8 @@ from PIL import Image
 
 from entitwist.errors import CheckpointError, InputError
 from entitwist.imaging import IMAGENET_MEAN, IMAGENET_STD
-from entitwist.inference.predictor import (
-    Prediction,
-    Predictor,
-    resolve_device,
-)
+from entitwist.inference.inputs import resolve_device
+from entitwist.inference.predictor import Prediction, Predictor
 from entitwist.models.hub import check_checkpoint_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             "or pass --auth-file FILE (user:password lines)"
         )
     checkpoint = resolve_model(args.model)
-    from entitwist.inference.predictor import Predictor, resolve_device
+    from entitwist.inference.inputs import resolve_device
+    from entitwist.inference.predictor import Predictor
 
     resolve_device(args.device)
     predictor = Predictor.from_pretrained(

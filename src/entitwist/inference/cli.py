@@ -190,7 +190,8 @@ def _options(args: argparse.Namespace) -> Any:
 
 
 def _load(args: argparse.Namespace, device: str | None = None) -> Any:
-    from entitwist.inference.predictor import Predictor, resolve_device
+    from entitwist.inference.inputs import resolve_device
+    from entitwist.inference.predictor import Predictor
 
     resolve_device(args.device)
     return Predictor.from_pretrained(

@@ -33,12 +33,9 @@ import torch.nn.functional as F
 
 from entitwist.errors import InputError
 from entitwist.imaging import prepare_image, resize_image, resize_nearest
+from entitwist.inference.inputs import as_rgb_image, resolve_device
 
-__all__ = [
-    "Prediction",
-    "Predictor",
-    "resolve_device",
-]
+__all__ = ["Prediction", "Predictor"]
 
 
 @dataclass
@@ -54,62 +51,6 @@ class Prediction:
     mask: np.ndarray
     probability: np.ndarray
     sentence: str
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> cuda when available, else cpu; otherwise check the named device."""
-    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(
-            f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(
-                f"--device {device} was asked for but CUDA is not available; use --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(
-                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); pick another"
-            )
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(
-            f"--device {device} was asked for but MPS is not available; use --device cpu"
-        )
-    elif dev.type not in {"cpu", "cuda", "mps"}:
-        raise InputError(f"--device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return dev
-
-
-def _as_image(
-    image: np.ndarray | str | os.PathLike, read_options: dict[str, Any] | None = None
-) -> np.ndarray:
-    if isinstance(image, (str, os.PathLike)):
-        from entitwist.imaging import read_image
-
-        image = read_image(image, **(read_options or {}))
-    if not isinstance(image, np.ndarray):
-        raise InputError(
-            f"image must be a numpy uint8 (H, W, 3) array or a path, not {type(image).__name__}"
-        )
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise InputError(f"image has shape {image.shape}; give an (H, W, 3) RGB array")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise InputError(f"image has shape {image.shape}: it is empty; give an image with pixels")
-    if image.dtype != np.uint8:
-        raise InputError(
-            f"image dtype is {image.dtype}; give uint8 (scale 16-bit or float imagery first)"
-        )
-    return image
 
 
 class Predictor:
@@ -249,7 +190,9 @@ class Predictor:
         from entitwist.entities import compute_entities
 
         return compute_entities(
-            _as_image(image), generator=self.get_entity_generator(), max_entities=self.max_entities
+            as_rgb_image(image),
+            generator=self.get_entity_generator(),
+            max_entities=self.max_entities,
         )  # (H, W) uint8
 
     def entity_map(self, image: np.ndarray, entities: Any) -> torch.Tensor | None:
@@ -310,7 +253,7 @@ class Predictor:
                 or an explicit (h, w).
         Returns: (B, h, w) float32, B = len(sentences).
         """
-        image = _as_image(image, self.read_options)
+        image = as_rgb_image(image, self.read_options)
         if not sentences:
             raise InputError("no sentence given; give at least one referring sentence")
         for s in sentences:
@@ -365,7 +308,7 @@ class Predictor:
         """
         single = isinstance(sentences, str)
         sentence_list = [sentences] if isinstance(sentences, str) else list(sentences)
-        image = _as_image(image, self.read_options)
+        image = as_rgb_image(image, self.read_options)
         probs = self.predict_probability(image, sentence_list, entities)  # (B, H, W)
         preds = [
             Prediction(mask=p >= 0.5, probability=p, sentence=s)
@@ -401,10 +344,12 @@ class Predictor:
                 )
         ents = list(entities) if isinstance(entities, (list, tuple)) else [entities] * len(images)
         if len(ents) != len(images):
-            raise InputError(f"{len(ents)} entity maps for {len(images)} images; give one per image")
+            raise InputError(
+                f"{len(ents)} entity maps for {len(images)} images; give one per image"
+            )
         out: list[np.ndarray] = []
         for i in range(0, len(images), self.batch_size):
-            arrays = [_as_image(im, self.read_options) for im in images[i : i + self.batch_size]]
+            arrays = [as_rgb_image(im, self.read_options) for im in images[i : i + self.batch_size]]
             xs, maps = [], []
             for image, ent in zip(arrays, ents[i : i + self.batch_size]):
                 x, _ = self.prepare(image)  # (1, 3, S, S)
@@ -426,7 +371,9 @@ class Predictor:
                     size = tuple(p.shape[-2:])
                 elif isinstance(output_size, str):
                     if output_size != "image":
-                        raise ValueError(f"output_size={output_size!r}; use 'image', None or (h, w)")
+                        raise ValueError(
+                            f"output_size={output_size!r}; use 'image', None or (h, w)"
+                        )
                     size = image.shape[:2]
                 else:
                     size = tuple(int(v) for v in output_size)

@@ -32,7 +32,7 @@ def overlay_items(
     computes the original-size protocol.
     """
     from entitwist.data import ReferringTransform, collate_referring
-    from entitwist.inference.predictor import resolve_device
+    from entitwist.inference.inputs import resolve_device
     from entitwist.metrics import intersection_union, upsample_to_original
 
     dev = resolve_device(device)
