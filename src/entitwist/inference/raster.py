@@ -13,7 +13,8 @@ mask ``(h, w)`` (False on nodata, masked or NaN pixels). The choices made on the
   :func:`entitwist.imaging.read_image`'s).
 - decoding: TIFF / GeoTIFF through GDAL; PNG, JPEG and other plain images through PIL
   (:func:`entitwist.imaging.decode_pil`, the decoder of the datasets), held in memory as a
-  GDAL dataset with the file's georeferencing (world file) and alpha as its mask.
+  GDAL dataset with the file's georeferencing (world file) and alpha as its mask
+  (:mod:`entitwist.inference.raster_open`).
 - nodata: the file's nodata value / mask / alpha band (through GDAL's per-band masks), NaN,
   or an override ``nodata=value``. Nodata pixels are black in the RGB and never valid.
 
@@ -40,55 +41,30 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from entitwist.errors import DataError, InputError
+from entitwist.errors import InputError
 from entitwist.imaging import (
-    TIFF_SUFFIXES,
     Stretch,
     compute_stretch,
-    decode_pil,
     parse_bands,
     raw_to_rgb,
     resolve_stretch,
 )
+from entitwist.inference.raster_open import check_image_path, open_dataset
 
 __all__ = [
     "MIN_SIDE",
-    "SUPPORTED_SUFFIXES",
     "RasterSource",
     "open_writer",
     "gdal_env",
 ]
 
 MIN_SIDE = 4  # the smallest image side (pixels) worth segmenting
-SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 GDAL_CACHE_MB = 128  # bounds GDAL's block cache (its default is 5 % of RAM)
 
 
 def gdal_env() -> rasterio.Env:
     """A rasterio environment with a small block cache and no ``.aux.xml`` side files."""
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_PAM_ENABLED="NO", CPL_LOG="/dev/null")
-
-
-def _check_path(path: Path) -> None:
-    if not path.exists():
-        raise InputError(f"image {str(path)!r} does not exist; check the path")
-    if path.is_dir():
-        raise InputError(
-            f"image {str(path)!r} is a directory; give an image file (PNG, JPEG, TIFF or GeoTIFF)"
-        )
-    if not path.is_file():
-        raise InputError(f"image {str(path)!r} is not a regular file; give an image file")
-    if not os.access(path, os.R_OK):
-        raise InputError(
-            f"image {str(path)!r} is not readable (permission denied); fix its permissions"
-        )
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise InputError(
-            f"image {str(path)!r} has an unsupported format {path.suffix or '(no suffix)'!r}; "
-            f"convert it to one of {', '.join(SUPPORTED_SUFFIXES)}"
-        )
-    if path.stat().st_size == 0:
-        raise InputError(f"image {str(path)!r} is empty (0 bytes); re-export or re-download it")
 
 
 class RasterSource:
@@ -115,68 +91,14 @@ class RasterSource:
         stretch: Stretch = None,
         nodata: float | None = None,
     ) -> None:
-        self._memfile: Any = None
         self.path = Path(path)
-        _check_path(self.path)
+        check_image_path(self.path)
+        self.ds, self._memfile = open_dataset(self.path)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.ds = rasterio.open(self.path)
-        except (RasterioError, OSError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(
-                f"cannot read image {str(self.path)!r} ({reason[:160]}); the file is truncated, corrupt or "
-                "not an image: re-export or re-download it"
-            ) from None
-        try:
-            if self.path.suffix.lower() not in TIFF_SUFFIXES and not self._too_large_for_pil():
-                self._decode_with_pil()
             self._init_checks(bands, stretch, nodata)
         except BaseException:
             self.close()
             raise
-
-    def _too_large_for_pil(self) -> bool:
-        """A plain image beyond PIL's decompression limit is read by GDAL window by window
-        (the same values for PNG; JPEG may differ by a few grey levels from PIL's decoder)."""
-        from PIL import Image
-
-        limit = Image.MAX_IMAGE_PIXELS
-        return limit is not None and self.ds.width * self.ds.height > limit
-
-    def _decode_with_pil(self) -> None:
-        """Replace the GDAL dataset of a plain image by PIL's pixels (the datasets' decoder),
-        kept in memory with the file's georeferencing and alpha as the mask."""
-        from rasterio.io import MemoryFile
-
-        try:
-            arr, alpha, _ = decode_pil(self.path)  # (H, W, C), (H, W) | None
-        except DataError as exc:
-            reason = str(exc).split(": ", 1)[-1].split(";")[0]
-            raise InputError(
-                f"cannot read image {str(self.path)!r} ({reason[:160]}); the file is truncated, "
-                "corrupt or not an image: re-export or re-download it"
-            ) from None
-        profile: dict[str, Any] = {
-            "driver": "GTiff",
-            "width": arr.shape[1],
-            "height": arr.shape[0],
-            "count": arr.shape[2],
-            "dtype": arr.dtype.name,
-        }
-        if self.ds.crs:
-            profile["crs"] = self.ds.crs
-        if not self.ds.transform.is_identity:
-            profile["transform"] = self.ds.transform
-        self.ds.close()
-        self._memfile = MemoryFile()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with self._memfile.open(**profile) as dst:
-                dst.write(np.moveaxis(arr, -1, 0))
-                if alpha is not None:
-                    dst.write_mask(alpha.astype(np.uint8) * 255)
-            self.ds = self._memfile.open()
 
     def _init_checks(self, bands: Any, stretch: Stretch, nodata: float | None) -> None:
         ds = self.ds
