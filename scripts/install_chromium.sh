@@ -5,7 +5,7 @@
 set -u
 if command -v chromium >/dev/null 2>&1; then exit 0; fi
 if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "install_chromium: chromium not found and apt-get unavailable as this user; browser tests will fail" >&2
+  echo "install_chromium: chromium not found and apt-get unavailable as this user; browser tests are skipped (set ENTITWIST_REQUIRE_BROWSER=1 to require them)" >&2
   exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
