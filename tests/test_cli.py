@@ -219,3 +219,19 @@ def test_sam_weights_have_one_spelling(module: str) -> None:
 def test_device_only_where_a_device_is_used() -> None:
     assert _option(_parser("entitwist.evaluation.figures.cli", "ksweep"), "--device") is None
     assert _option(_parser("entitwist.data.synth_cli"), "--device") is None
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    """`entitwist configs list | head -1`: a closed pipe ends the command quietly."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entitwist", "configs", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader is gone before the command writes
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
+    assert proc.returncode == 141

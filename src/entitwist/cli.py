@@ -16,6 +16,7 @@ text: ``-m/--model`` (the model a command loads), ``--device`` and ``-q/--quiet`
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> (module, help line)
@@ -76,12 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # LightningCLI subcommands need their own name; the others receive only their options.
         rc = module.main(argv if module.__name__ == "entitwist.train.cli" else argv[1:])
+        sys.stdout.flush()
     except EntitwistError as exc:
         print(f"entitwist: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("entitwist: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (``entitwist configs list | head``): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     return int(rc or 0)
 
 
