@@ -111,3 +111,27 @@ def test_a_manifest_without_imaging_is_read_as_the_defaults(tmp_path: Path) -> N
         E.resolve_store(tmp_path, "auto", band)
     # a spec without imaging (None) accepts any
     assert E.EntitySpec("felzenszwalb", 40).mismatches({**old, "max_entities": 40}) == []
+
+
+def test_training_data_takes_the_store_read_with_the_models_imaging(tmp_path: Path) -> None:
+    from entitwist.train.datamodule import ReferringDataModule
+
+    root = dataset(tmp_path / "d")
+    assert entities_main([str(root), "--quiet"]) == 0
+
+    def data(read_options: dict) -> ReferringDataModule:
+        return ReferringDataModule(
+            dataset="jsonl",
+            root=str(root),
+            entity_generator="felzenszwalb",
+            read_options=read_options,
+        )
+
+    plain = data(ImagingConfig().read_options())
+    assert plain.entity_spec() == spec_with(ImagingConfig())
+    assert plain.entity_store() == root / "entities" / "felzenszwalb"
+    options = ImagingConfig(bands=(3, 2, 1), stretch="none").read_options()
+    swapped = data(options)
+    assert swapped.entity_spec() == spec_with(ImagingConfig(bands=(3, 2, 1), stretch="none"))
+    with pytest.raises(DataError, match="--bands 3,2,1 --stretch none"):
+        swapped.entity_store()

@@ -197,7 +197,10 @@ class ReferringDataModule(LightningDataModule):
         """What the model needs from the entity store (None: it reads no entity maps)."""
         if not self.needs_entities:
             return None
-        return EntitySpec(self.entity_generator, self.max_entities, self.entity_params)
+        from entitwist.entities.store import imaging_record
+
+        imaging = imaging_record(self.read_options.get("bands"), self.read_options.get("stretch"))
+        return EntitySpec(self.entity_generator, self.max_entities, self.entity_params, imaging)
 
     def entity_store(self) -> Path | None:
         """The entity store folder every split reads (resolved once; see ``entities``)."""
