@@ -8,8 +8,9 @@
 - :class:`EntityStore`: ``<root>/entities/<tag>/<image key>.png`` plus ``manifest.json``;
   K is 1..:data:`MAX_K` (uint8 labels).
 - :func:`resolve_store` / :class:`EntitySpec`: the store whose manifest matches what a
-  model was built for (generator, its recorded parameters, K), the only way training and
-  evaluation pick one; :func:`inference_generator`: the generator run on new images.
+  model was built for (generator, its recorded parameters, K, the bands and stretch its
+  images are read with), the only way training and evaluation pick one;
+  :func:`inference_generator`: the generator run on new images.
 - ``entitwist entities ROOT``: fills a store for a dataset (``entitwist.entities.cli``).
 
 Importing this package needs only numpy, Pillow and scikit-image.
