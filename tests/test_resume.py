@@ -28,6 +28,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from entitwist.train.checkpoints import RNG_KEY
+
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "synthetic_tiny.yaml")
 BATCH, EPOCHS = 2, 2
 
@@ -169,7 +171,7 @@ def assert_same_end(full: Path, resumed: Path, total: int, info: str) -> None:
     assert_same(a["lr_schedulers"], b["lr_schedulers"], f"lr_schedulers ({info})")
     assert a["lr_schedulers"][0]["last_epoch"] == total, info
     # the random streams the module saves
-    assert_same(a["entitwist_rng_states"], b["entitwist_rng_states"], f"random states ({info})")
+    assert_same(a[RNG_KEY], b[RNG_KEY], f"random states ({info})")
     assert last_val_metrics(full) == last_val_metrics(resumed), info
 
 
