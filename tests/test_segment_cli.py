@@ -822,3 +822,38 @@ def test_affine_with_rotation_keeps_transform(tmp_path, fake_model, capsys):
     corners = [rotated @ (c, r) for r in (BOX[0], BOX[1]) for c in (BOX[2], BOX[3])]
     xs, ys = zip(*corners)
     np.testing.assert_allclose(frame.total_bounds, [min(xs), min(ys), max(xs), max(ys)])
+
+
+def test_precision_option_reaches_the_predictor(tmp_path, capsys):
+    """--precision 32 gives the exact fp32 probability of Predictor(precision="32"); int8 stays
+    within 0.05 of it; a precision the machine cannot run is one line naming those it can."""
+    import entitwist
+    from entitwist.inference.predictor import Predictor
+
+    torch.manual_seed(0)
+    entitwist.create_model("entitwist_tiny").save_pretrained(tmp_path / "tiny")
+    src = write_geotiff(tmp_path / "s.tif", scene(h=48, w=40), nodata=0)
+    probs = {}
+    for precision in ("32", "int8"):
+        out = tmp_path / f"p{precision}.tif"
+        rc, _, err = run(
+            [src, "the red roof", "-m", tmp_path / "tiny", "--device", "cpu",
+             "--precision", precision, "--probability", out],
+            capsys,
+        )  # fmt: skip
+        assert rc == 0, err
+        with rasterio.open(out) as ds:
+            probs[precision] = ds.read(1)
+    ref = Predictor.from_pretrained(tmp_path / "tiny", device="cpu", precision="32")
+    with rasterio.open(src) as ds:
+        valid = ds.read_masks(1) > 0
+    direct = ref.predict(str(src), "the red roof").probability
+    assert np.abs(probs["32"] - direct)[valid].max() < 1e-6
+    assert np.abs(probs["int8"] - probs["32"])[valid].max() <= 0.05
+    rc, _, err = run(
+        [src, "x", "-m", tmp_path / "tiny", "--precision", "fp8", "-o", tmp_path / "z.png"],
+        capsys,
+    )
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "auto" in lines[0] and "32" in lines[0]
+    assert not (tmp_path / "z.png").exists()

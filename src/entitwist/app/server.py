@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from entitwist.errors import CheckpointError, InputError
-from entitwist.utils.cli_parser import OneLineArgumentParser, add_device_option, add_model_option
+from entitwist.utils.cli_parser import (
+    OneLineArgumentParser,
+    add_device_option,
+    add_model_option,
+    add_precision_option,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -95,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"sentences per run (default {limits.max_sentences})",
     )
     add_device_option(parser)
+    add_precision_option(parser)
     parser.add_argument(
         "--entity-generator",
         help="entity maps from this generator instead of the model's own (reported)",
@@ -239,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         entity_generator=args.entity_generator,
         sam_checkpoint=args.sam_checkpoint,
+        precision=args.precision,
     )
     if predictor.uses_entities:
         predictor.get_entity_generator()  # SAM without a checkpoint fails now, in one line

@@ -44,7 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from entitwist.errors import InputError
-from entitwist.utils.cli_parser import OneLineArgumentParser
+from entitwist.utils.cli_parser import (
+    OneLineArgumentParser,
+    add_device_option,
+    add_precision_option,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -106,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment-anything checkpoint (sam_vit_b_01ec64.pth): needed for models built for "
         "SAM entity maps",
     )
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    add_device_option(p)
+    add_precision_option(p)
     p.add_argument(
         "--simplify", type=float, default=0.0, help="polygon simplification tolerance (CRS units)"
     )
@@ -200,6 +205,7 @@ def _load(args: argparse.Namespace, device: str | None = None) -> Any:
         entity_generator=args.entity_generator,
         sam_checkpoint=args.sam_checkpoint,
         batch_size=max(8, args.batch_size),
+        precision=args.precision,
     )
 
 

@@ -73,3 +73,18 @@ def add_quiet_option(
 ) -> argparse.Action:
     """``-q/--quiet``: no progress bars (results and errors are still printed)."""
     return parser.add_argument("-q", "--quiet", action="store_true", help=help)
+
+
+PRECISION_HELP = (
+    "numeric path: auto = the fastest this machine runs with probabilities within 0.05 of "
+    "fp32 (int8 encoders on a CPU, bf16 on a CUDA GPU); 32 = exact fp32; int8, bf16, compile"
+)
+
+
+def add_precision_option(
+    parser: argparse.ArgumentParser,
+    *,
+    help: str = PRECISION_HELP,  # noqa: A002
+) -> argparse.Action:
+    """``--precision``, default ``auto`` (see :mod:`entitwist.inference.precision`)."""
+    return parser.add_argument("--precision", default="auto", metavar="P", help=help)
