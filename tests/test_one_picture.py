@@ -243,20 +243,28 @@ def test_imaging_options_travel_with_the_model(world, tmp_path):
     np.testing.assert_allclose(seg_prob[valid], pred.probability[valid], atol=1e-3, rtol=0)
 
 
-def test_training_reads_with_the_model_imaging(world):
-    """The datamodule links the model's config.imaging into every dataset it builds."""
+def test_training_reads_with_the_model_imaging(world, tmp_path):
+    """The datamodule links the model's config.imaging into every dataset it builds (and
+    takes the entity store that was read with the same bands)."""
+    import shutil
     from types import SimpleNamespace
+
+    from entitwist.cli import main
 
     from entitwist.imaging import prepare_image
     from entitwist.models.enti_twistnet import EntiTwistNet
     from entitwist.train.datamodule import ReferringDataModule
 
+    root = tmp_path / "data"
+    shutil.copytree(world["root"], root)
+    shutil.rmtree(root / "entities")
+    assert main(["entities", str(root), "--quiet", "--bands", "4,3,2"]) == 0
     model = EntiTwistNet.from_pretrained(world["model_dir"])
     model.config = model.config.replace(imaging__bands=[4, 3, 2])
     dm = ReferringDataModule.for_module(
         SimpleNamespace(model=model),
         dataset="jsonl",
-        root=str(world["root"]),
+        root=str(root),
         train_split=None,
         val_split=None,
         test_split="test",
