@@ -250,7 +250,6 @@ def test_training_reads_with_the_model_imaging(world, tmp_path):
     from types import SimpleNamespace
 
     from entitwist.cli import main
-
     from entitwist.imaging import prepare_image
     from entitwist.models.enti_twistnet import EntiTwistNet
     from entitwist.train.datamodule import ReferringDataModule

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from entitwist.data.base import DataWarning, Record, ReferringDataset, image_key
-from entitwist.imaging import read_image, read_label_map, read_mask
 from entitwist.data.transforms import ReferringTransform, collate_referring
 from entitwist.errors import ConfigError
+from entitwist.imaging import read_image, read_label_map, read_mask
 
 __all__ = [
     "DATASETS",
