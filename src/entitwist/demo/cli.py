@@ -4,7 +4,7 @@
 
     entitwist demo                       # synthetic scenes -> entities -> train -> test
     entitwist demo --out demo_output --scenes 600 --size 128 --epochs 6
-    entitwist demo --data ../shared/data/rrsis-real-mini --out real_output
+    entitwist demo --data path/to/jsonl_folder --out real_output
 
 Steps (each shows progress; a rerun skips the finished ones, ``--fresh`` redoes them):
 
