@@ -37,7 +37,8 @@ def run_single(
 
     if not isinstance(sentence, str) or not sentence.strip():
         raise InputError("the sentence is empty; give a referring sentence with --sentence")
-    predictor = Predictor(model, device=device)
+    # the figures read the fp32 network's intermediates: no precision plan is needed
+    predictor = Predictor(model, device=device, precision="32")
     x, small = predictor.prepare(image)  # (1, 3, S, S), (S, S, 3)
     ent = predictor.entity_map(image, entities)  # (1, S, S) | None
     tokens = model.tokenizer([sentence])
