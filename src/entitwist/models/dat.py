@@ -182,24 +182,16 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(dim, dim)  # W_O
 
     def forward(self, q: Tensor, kv: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """q (B, L, d), kv (B, S, d_kv), key_mask (B, S) (1/True = attend) -> (B, L, d).
-
-        W_K and W_V run as one matrix product (their weights stacked), and each head's Q, K
-        and V are made contiguous before the fused attention kernel, which then streams
-        one head's keys and values (S x d/h each) instead of rows strided by d.
-        """
+        """q (B, L, d), kv (B, S, d_kv), key_mask (B, S) (1/True = attend) -> (B, L, d)."""
         b, n_q, d = q.shape
         n_k = kv.shape[1]
         h = self.heads
+        kv = self.norm_kv(kv)
         qh = self.q(self.norm_q(q)).view(b, n_q, h, d // h).transpose(1, 2)  # (B, h, L, d/h)
-        weight = torch.cat([self.k.weight, self.v.weight])  # (2d, d_kv): [W_K; W_V]
-        bias = torch.cat([self.k.bias, self.v.bias])
-        khv = F.linear(self.norm_kv(kv), weight, bias).view(b, n_k, 2, h, d // h)
-        khv = khv.permute(2, 0, 3, 1, 4).contiguous()  # (2, B, h, S, d/h)
+        kh = self.k(kv).view(b, n_k, h, d // h).transpose(1, 2)  # (B, h, S, d/h)
+        vh = self.v(kv).view(b, n_k, h, d // h).transpose(1, 2)  # (B, h, S, d/h)
         mask = None if key_mask is None else key_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-        y = F.scaled_dot_product_attention(
-            qh.contiguous(), khv[0], khv[1], attn_mask=mask
-        )  # (B, h, L, d/h)
+        y = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)  # (B, h, L, d/h)
         return self.out(y.transpose(1, 2).reshape(b, n_q, d))
 
 
