@@ -122,22 +122,25 @@ def test_every_chunking_matches_reference(chunk: int) -> None:
 
 
 def test_chunk_choice_and_stiff_decays() -> None:
+    # The chunk length follows the working memory only: a power of two in 8..256 (at most L)
+    # with one (batch, T, D, N) chunk tensor near 2**18 elements.
+    assert chunked.choose_chunk(8, 512, 16, 2048) == 8
+    assert chunked.choose_chunk(1, 512, 16, 2048) == 32
+    assert chunked.choose_chunk(1, 8, 4, 2048) == 256
+    assert chunked.choose_chunk(64, 4096, 16, 2048) == 8
+    assert chunked.choose_chunk(1, 8, 4, 5) == 5
     torch.manual_seed(5)
     A = -torch.arange(1.0, 17.0).repeat(8, 1)  # (D, N), A down to -16 as in Mamba's init
-    small = torch.full((2, 8, 300), 0.01)
-    assert chunked.choose_chunk(small, A) == 32
-    assert chunked.choose_chunk(small * 15, A) == 16  # 32 steps of 2.4 exceed the bound of 60
-    # Huge steps (|delta A| up to 800 per step) force one-step chunks; still exact and finite.
+    # Huge steps (|delta A| up to 800 per step, decays below 1e-300) in long chunks: the
+    # recurrence is stepped, not a ratio of cumulative decays, so still exact and finite.
     args = make_inputs(2, 8, 50, 16, use_bias=False, delta_scale=50.0)
     args["A"] = A
-    assert chunked.choose_chunk(args["delta"], A) == 1
-    check_against_reference(args, softplus=False)
+    check_against_reference(args, softplus=False, chunk=32)
     # A mix: most channels slow, one channel stiff.
     args = make_inputs(2, 8, 90, 16, use_bias=False, delta_scale=0.02)
     args["A"] = A
     args["delta"][:, 3] *= 500.0
-    assert chunked.choose_chunk(args["delta"], A) < 32
-    check_against_reference(args, softplus=False)
+    check_against_reference(args, softplus=False, chunk=64)
 
 
 def _scan_of(names: list[str], chunk: int):
@@ -219,7 +222,6 @@ def test_exact_under_autocast(amp_dtype: torch.dtype) -> None:
     torch.manual_seed(21)
     args = make_inputs(2, 8, 100, 4, "variable", "grouped", groups=2)
     with torch.autocast("cpu", dtype=amp_dtype):
-        assert chunked.choose_chunk(0.5 * torch.ones(2, 8, 100), args["A"]) > 1  # matmul path
         check_against_reference(args, softplus=True)
         out, last = selective_scan_fn(**args, delta_softplus=True, return_last_state=True)
     assert out.dtype == torch.float32 and last.dtype == torch.float32
