@@ -130,6 +130,49 @@ def test_resume_skips_finished_maps(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "5 in shard, 0 done, 5 skipped" in capsys.readouterr().out
 
 
+def test_a_changed_image_is_recomputed_and_a_stale_map_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from entitwist.data import load_dataset
+
+    root = tmp_path / "d"
+    make_layout(root, "jsonl")
+    assert main([str(root), "--dataset", "jsonl", "--quiet"]) == 0
+    capsys.readouterr()
+    store = E.EntityStore(root / "entities" / "felzenszwalb")
+    image = root / "images" / "b.png"
+    assert store.source_of("images/b") == E.image_fingerprint(image)
+    old = store.load("images/b")
+    # the image is replaced by another picture of the same size (same name, same shape)
+    write_image(image, 77, (50, 20))
+    new_print = E.image_fingerprint(image)
+    assert store.source_of("images/b") != new_print
+    assert not store.has("images/b", new_print) and store.has("images/b")
+    with pytest.raises(DataError, match="another version of image 'images/b'"):
+        store.load("images/b", source=new_print)
+    ds = load_dataset("jsonl", root, "test", entities="felzenszwalb")
+    index = [i for i in range(len(ds)) if ds.records[i].image_key == "images/b"][0]
+    with pytest.raises(DataError, match="the image changed since"):
+        ds[index]
+    # a rerun redoes exactly the changed image, and the dataset reads the new map
+    assert main([str(root), "--dataset", "jsonl", "--quiet"]) == 0
+    assert "2 in shard, 1 done, 1 skipped" in capsys.readouterr().out
+    fresh = store.load("images/b", source=new_print)
+    expected = E.compute_entities(read_image(image), E.get_generator(), 40)
+    np.testing.assert_array_equal(fresh, expected)
+    assert not np.array_equal(fresh, old)
+    np.testing.assert_array_equal(ds[index]["entities"], fresh)
+
+
+def test_a_map_without_a_fingerprint_is_taken_as_it_is(tmp_path: Path) -> None:
+    store = E.EntityStore(tmp_path / "s")
+    labels = np.array([[0, 1], [2, 2]], dtype=np.uint8)
+    store.save("images/x", labels)  # as stores written before fingerprints were recorded
+    assert store.source_of("images/x") is None
+    assert store.has("images/x", "blake2b:" + "0" * 32)
+    np.testing.assert_array_equal(store.load("images/x", source="blake2b:" + "0" * 32), labels)
+
+
 def test_shards_cover_every_image_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "d"
     for i in range(12):

@@ -127,8 +127,13 @@ class _EntityReader:
     def path_for(self, key: str) -> Path:
         return Path(self._store.path_for(key))
 
-    def load(self, key: str) -> np.ndarray | None:
-        return self._store.load(key)  # (H, W) uint8, or None when not stored
+    def load(self, key: str, image_path: Path | None = None) -> np.ndarray | None:
+        """(H, W) uint8, or None when not stored; with ``image_path``, a map computed from
+        another version of that image is refused (:class:`DataError`)."""
+        from entitwist.entities.store import image_fingerprint
+
+        source = None if image_path is None else image_fingerprint(image_path)
+        return self._store.load(key, source=source)
 
 
 class ReferringDataset(Dataset):
@@ -269,7 +274,7 @@ class ReferringDataset(Dataset):
             "orig_size": (h, w),
         }
         if self._entities is not None:
-            labels = self._entities.load(rec.image_key)
+            labels = self._entities.load(rec.image_key, rec.image_path)
             if labels is None:
                 raise DataError(
                     f"no entity map for image {rec.image_key!r} in {self.entity_dir}; run "

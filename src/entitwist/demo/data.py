@@ -134,7 +134,12 @@ def entities_step(args: argparse.Namespace, out: Path, root: Path) -> Path:
     from entitwist.data.layouts import list_images
     from entitwist.entities.cli import main as entities_main
     from entitwist.entities.generators import get_generator
-    from entitwist.entities.store import EntityStore, default_store_dir, image_key
+    from entitwist.entities.store import (
+        EntityStore,
+        default_store_dir,
+        image_fingerprint,
+        image_key,
+    )
 
     store_root = None
     if args.data is not None:
@@ -142,10 +147,11 @@ def entities_step(args: argparse.Namespace, out: Path, root: Path) -> Path:
     name = GENERATOR if args.data is None else DATA_GENERATOR
     generator = get_generator(name)
     store_dir = default_store_dir(root, generator, 40, out=store_root)
-    keys = [image_key(root, p) for p in list_images(root, "jsonl")]
+    images = list_images(root, "jsonl")
+    keys = [image_key(root, p) for p in images]
     if (store_dir / "manifest.json").is_file():
         store = EntityStore(store_dir)
-        if all(store.has(k) for k in keys):
+        if all(store.has(k, image_fingerprint(p)) for k, p in zip(keys, images, strict=True)):
             say(2, "entities", f"done already: {len(keys)} maps in {store_dir} (skipped)")
             return store_dir
     say(2, "entities", f"weight-free {name} label maps for {len(keys)} images -> {store_dir}")

@@ -36,6 +36,7 @@ from entitwist.entities.sam import SAM_MODEL_TYPES, register_sam_model_type
 from entitwist.entities.store import (
     EntityStore,
     default_store_dir,
+    image_fingerprint,
     image_key,
     store_tag,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "compute_entities",
     "default_store_dir",
     "get_generator",
+    "image_fingerprint",
     "image_key",
     "inference_generator",
     "list_generators",

@@ -83,17 +83,33 @@ def _init_worker(
     _STATE["imaging"] = imaging
 
 
+def _stored(store: Any, item: tuple[str, str]) -> bool:
+    """Whether ``store`` holds the map of ``item`` (key, path) computed from that image file;
+    an unreadable image counts as not stored (its failure is reported by the worker)."""
+    from entitwist.entities.store import image_fingerprint
+
+    key, path = item
+    if not store.has(key):
+        return False
+    try:
+        return store.has(key, image_fingerprint(path))
+    except DataError:
+        return False
+
+
 def _work(item: tuple[str, str]) -> dict[str, Any]:
     from entitwist.entities.generators import compute_entities_with_count
     from entitwist.entities.labelmap import entity_count
+    from entitwist.entities.store import image_fingerprint
     from entitwist.imaging import read_image
 
     key, path = item
     start = time.perf_counter()
     try:
+        source = image_fingerprint(path)  # recorded with the map: a changed image is redone
         image = read_image(path, **_STATE.get("imaging", {}))  # the picture the network sees
         labels, n_masks = compute_entities_with_count(image, _STATE["generator"], _STATE["k"])
-        _STATE["store"].save(key, labels)
+        _STATE["store"].save(key, labels, source=source)
     except (CheckpointError, ConfigError):
         raise  # the generator itself is broken: every image would fail, stop the run
     except EntitwistError as exc:
@@ -238,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
 
     store = EntityStore(store_dir, generator=generator, max_entities=k, imaging=recorded)
     store.remove_stale_temporaries()
-    todo = [it for it in items if not store.has(it[0])]
+    # a stored map counts only when computed from the image as it is now
+    todo = [it for it in items if not _stored(store, it)]
     skipped = len(items) - len(todo)
 
     print(

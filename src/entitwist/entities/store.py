@@ -21,6 +21,13 @@ imaging settings the images were read with (``{"bands": [4, 3, 2] or null, "stre
 version and the creation time. Opening a store for a generator whose name, parameters,
 checkpoint hash, K or imaging differ from the manifest raises :class:`DataError`.
 
+Each map records, in a PNG text chunk (``entitwist:source``), the fingerprint of the image
+file it was computed from (:func:`image_fingerprint`: a BLAKE2b digest of the file's bytes).
+A map whose image has changed since is not taken for it: :meth:`EntityStore.load` with the
+image's fingerprint raises :class:`DataError` naming both files, and
+:meth:`EntityStore.has` reports it missing, so ``entitwist entities`` recomputes it. Maps
+written before fingerprints were recorded carry none and are taken as they are.
+
 Every file is written atomically (a hidden ``.<name>.<random>.tmp.png`` beside the target,
 renamed on success), so a killed run never leaves a truncated ``<key>.png``;
 :meth:`EntityStore.remove_stale_temporaries` deletes leftovers of killed runs.
@@ -43,6 +50,7 @@ from entitwist.errors import DataError, InputError
 from entitwist.utils import atomic_path, atomic_write_bytes
 
 MANIFEST = "manifest.json"
+SOURCE_KEY = "entitwist:source"  # PNG text chunk: the fingerprint of the map's image
 FORMAT = "entitwist-entities/1"
 _COMPARED = ("generator", "params", "checkpoint_sha256", "max_entities")
 #: The imaging of a manifest that records none: the band and stretch rules.
@@ -101,6 +109,26 @@ def default_store_dir(
     """``<out or root/entities>/<tag>``: where ``entitwist entities`` writes by default."""
     base = Path(out) if out is not None else Path(root) / "entities"
     return base / store_tag(generator, max_entities, imaging)
+
+
+def image_fingerprint(path: str | os.PathLike) -> str:
+    """``"blake2b:<32 hex>"``: a digest of the image file's bytes (its content, not its name
+    or time), recorded with each entity map so a changed image is never paired with a map
+    computed from its earlier version.
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DataError(
+            f"cannot read image {path} ({exc.strerror or exc}); check the path"
+        ) from exc
+    return "blake2b:" + digest.hexdigest()
 
 
 def image_key(root: str | os.PathLike, image_path: str | os.PathLike) -> str:
@@ -244,15 +272,41 @@ class EntityStore:
             )
         return self.directory.joinpath(*key.parts[:-1], key.parts[-1] + ".png")
 
-    def has(self, image_key: str) -> bool:
-        """True when a finished map exists for ``image_key``."""
-        return self.path_for(image_key).is_file()
+    def has(self, image_key: str, source: str | None = None) -> bool:
+        """True when a finished map exists for ``image_key`` and, when ``source`` (the image's
+        :func:`image_fingerprint`) is given, was computed from that image (a map that
+        records no fingerprint counts as computed from it)."""
+        path = self.path_for(image_key)
+        if not path.is_file():
+            return False
+        if source is None:
+            return True
+        recorded = self.source_of(image_key)
+        return recorded is None or recorded == source
 
-    def load(self, image_key: str) -> np.ndarray | None:
+    def source_of(self, image_key: str) -> str | None:
+        """The image fingerprint recorded with the map of ``image_key`` (None: no map, a map
+        without one, or an unreadable file, which :meth:`load` reports)."""
+        from PIL import Image
+
+        try:
+            with Image.open(self.path_for(image_key)) as im:
+                value = im.info.get(SOURCE_KEY)
+        except (OSError, SyntaxError, ValueError):
+            return None
+        return value if isinstance(value, str) else None
+
+    def load(self, image_key: str, source: str | None = None) -> np.ndarray | None:
         """The uint8 (H, W) label map of ``image_key``, or ``None`` when none is stored.
 
+        Args:
+            image_key: the image's key.
+            source: the image's :func:`image_fingerprint`; when given, a map recorded for
+                another version of the image is refused.
+
         Raises:
-            DataError: the PNG is corrupt, not single-channel 8-bit, or holds labels > K.
+            DataError: the PNG is corrupt, not single-channel 8-bit, holds labels > K, or
+                was computed from another version of the image.
         """
         from PIL import Image
 
@@ -264,6 +318,7 @@ class EntityStore:
                 im.load()
                 mode = im.mode
                 labels = np.asarray(im)
+                recorded = im.info.get(SOURCE_KEY)
         except (OSError, SyntaxError, ValueError) as exc:
             raise DataError(
                 f"entity map {path} is corrupt ({type(exc).__name__}); delete it and rerun "
@@ -274,6 +329,12 @@ class EntityStore:
                 f"entity map {path} is mode {mode}, expected 8-bit single channel (L); delete "
                 "it and rerun entitwist entities"
             )
+        if source is not None and isinstance(recorded, str) and recorded != source:
+            raise DataError(
+                f"entity map {path} was computed from another version of image "
+                f"{image_key!r} (the image changed since); rerun entitwist entities on the "
+                "dataset, which recomputes changed images"
+            )
         k = self.max_entities
         if k is not None and labels.size and int(labels.max()) > k:
             raise DataError(
@@ -282,9 +343,11 @@ class EntityStore:
             )
         return labels.astype(np.uint8, copy=False)
 
-    def save(self, image_key: str, labels: np.ndarray) -> Path:
-        """Write ``labels`` (H, W), integer values 0..K, as ``<key>.png`` atomically."""
+    def save(self, image_key: str, labels: np.ndarray, source: str | None = None) -> Path:
+        """Write ``labels`` (H, W), integer values 0..K, as ``<key>.png`` atomically, with
+        ``source`` (the image's :func:`image_fingerprint`) recorded in the PNG."""
         from PIL import Image
+        from PIL.PngImagePlugin import PngInfo
 
         arr = np.asarray(labels)
         if arr.ndim != 2 or arr.dtype.kind not in "ui" or arr.size == 0:
@@ -302,7 +365,10 @@ class EntityStore:
         path = self.path_for(image_key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            Image.fromarray(arr.astype(np.uint8), mode="L").save(tmp, format="PNG")
+            info = PngInfo()
+            if source is not None:
+                info.add_text(SOURCE_KEY, source)
+            Image.fromarray(arr.astype(np.uint8), mode="L").save(tmp, format="PNG", pnginfo=info)
         return path
 
     def keys(self) -> Iterator[str]:
