@@ -36,11 +36,38 @@ def picture(size: int = 96) -> np.ndarray:
 
 def test_auto_resolves_by_what_the_machine_has(monkeypatch):
     monkeypatch.setattr(precision, "_quantized_engine", lambda: "x86")
+    monkeypatch.setattr(precision, "_cpu_has_int8_dot", lambda: True)
     assert resolve_precision("auto", "cpu") == "int8"
+    # without int8 dot-product instructions int8 is not faster: auto keeps the exact path,
+    # and int8 is still there by name
+    monkeypatch.setattr(precision, "_cpu_has_int8_dot", lambda: False)
+    assert resolve_precision("auto", "cpu") == "32"
+    assert resolve_precision("int8", "cpu") == "int8"
+    monkeypatch.setattr(precision, "_cpu_has_int8_dot", lambda: True)
     monkeypatch.setattr(precision, "_quantized_engine", lambda: None)
     assert resolve_precision("auto", "cpu") == "32"
     assert "int8" not in supported_precisions("cpu")
     assert resolve_precision("FP32", "cpu") == "32"
+
+
+def test_int8_dot_instructions_are_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    real_open = builtins.open
+    cpuinfo = tmp_path / "cpuinfo"
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert precision._cpu_has_int8_dot() is False
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert precision._cpu_has_int8_dot() is True
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx_vnni\n")
+    assert precision._cpu_has_int8_dot() is True
+    cpuinfo.unlink()
+    assert precision._cpu_has_int8_dot() is False
 
 
 def test_unrunnable_precision_names_the_runnable_ones(monkeypatch):

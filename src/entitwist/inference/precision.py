@@ -16,7 +16,10 @@
 - ``"auto"`` (default): the fastest of these that this machine runs and that keeps the
   foreground probabilities within 0.05 of fp32 (measured with
   ``benchmarks/bench_predict.py``): ``"bf16"`` on a CUDA GPU with bf16, ``"int8"`` on a CPU
-  with a quantised engine, otherwise ``"32"``.
+  with a quantised engine and int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX),
+  otherwise ``"32"``. Without those instructions the int8 layers measured no faster than
+  fp32 (0.98-1.12x on a 2-core AVX2 CPU), so ``auto`` keeps the exact path there; ``"int8"``
+  can still be asked for by name.
 
 A precision the machine cannot run is refused with one line naming those it can.
 """
@@ -56,6 +59,20 @@ def _cpu_has_bf16() -> bool:
         return bool(check()) if check is not None else False
     except RuntimeError:
         return False
+
+
+def _cpu_has_int8_dot() -> bool:
+    """Whether the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX int8),
+    from the kernel's CPU flags (Linux); False where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    except OSError:
+        return False
+    return False
 
 
 def _quantized_engine() -> str | None:
@@ -107,7 +124,7 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
         return name
     if dev.type == "cuda" and "bf16" in supported:
         return "bf16"
-    if dev.type == "cpu" and "int8" in supported:
+    if dev.type == "cpu" and "int8" in supported and _cpu_has_int8_dot():
         return "int8"
     return "32"
 

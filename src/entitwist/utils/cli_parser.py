@@ -77,7 +77,8 @@ def add_quiet_option(
 
 PRECISION_HELP = (
     "numeric path: auto = the fastest this machine runs with probabilities within 0.05 of "
-    "fp32 (int8 encoders on a CPU, bf16 on a CUDA GPU); 32 = exact fp32; int8, bf16, compile"
+    "fp32 (int8 encoders on a CPU with VNNI/AMX, bf16 on a CUDA GPU, else fp32); 32 = exact "
+    "fp32; int8, bf16, compile"
 )
 
 
