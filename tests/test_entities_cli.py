@@ -164,6 +164,28 @@ def test_a_changed_image_is_recomputed_and_a_stale_map_refused(
     np.testing.assert_array_equal(ds[index]["entities"], fresh)
 
 
+def test_the_dataset_hashes_each_image_once(tmp_path: Path, monkeypatch) -> None:
+    import entitwist.entities.store as store_module
+    from entitwist.data import load_dataset
+
+    root = tmp_path / "d"
+    make_layout(root, "jsonl")
+    assert main([str(root), "--dataset", "jsonl", "--quiet"]) == 0
+    hashed: list[str] = []
+    real = store_module.image_fingerprint
+
+    def counting(path):
+        hashed.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(store_module, "image_fingerprint", counting)
+    ds = load_dataset("jsonl", root, "test", entities="felzenszwalb")
+    for _ in range(2):  # two epochs over expressions that share an image
+        for i in range(len(ds)):
+            ds[i]
+    assert sorted(hashed) == sorted({Path(r.image_path).name for r in ds.records})
+
+
 def test_a_map_without_a_fingerprint_is_taken_as_it_is(tmp_path: Path) -> None:
     store = E.EntityStore(tmp_path / "s")
     labels = np.array([[0, 1], [2, 2]], dtype=np.uint8)

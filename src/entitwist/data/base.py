@@ -123,17 +123,24 @@ class _EntityReader:
 
         self.folder = folder
         self._store = EntityStore(folder)
+        self._checked: set[str] = set()  # keys whose map matched their image's fingerprint
 
     def path_for(self, key: str) -> Path:
         return Path(self._store.path_for(key))
 
     def load(self, key: str, image_path: Path | None = None) -> np.ndarray | None:
         """(H, W) uint8, or None when not stored; with ``image_path``, a map computed from
-        another version of that image is refused (:class:`DataError`)."""
+        another version of that image is refused (:class:`DataError`). Each image is hashed
+        once per reader: images are shared by expressions and read every epoch."""
         from entitwist.entities.store import image_fingerprint
 
-        source = None if image_path is None else image_fingerprint(image_path)
-        return self._store.load(key, source=source)
+        source = None
+        if image_path is not None and key not in self._checked:
+            source = image_fingerprint(image_path)
+        labels = self._store.load(key, source=source)
+        if source is not None and labels is not None:
+            self._checked.add(key)
+        return labels
 
 
 class ReferringDataset(Dataset):
